@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+# torch is installed first and pinned to the CPU wheel this kind of machine has on disk; pyproject.toml keeps
+# a normal range (torch>=2.4) for everyone else. Override with e.g. `make test TORCH=torch==2.5.1`.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdistill-installed
+export HF_HUB_OFFLINE := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/lock.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kdistill run
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/classic_methods.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,283 @@
+"""The run configuration: pydantic models are the schema, YAML is their serialisation.
+
+Every field has a default and a one-line description; unknown keys and wrong types are errors that name
+the field path. A config is data: nothing in it is imported or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdistill.losses import LOSSES
+from kdistill.models import MODELS
+
+
+class ConfigError(ValueError):
+    """A user error in a config: one line per problem, each naming the field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["digits", "mnist1d"] = Field("digits", description="built-in offline dataset")
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="share of the data held out for evaluation")
+    labeled_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the training split whose labels the student may use"
+    )
+    extra_unlabeled: int = Field(
+        0, ge=0, description="extra unlabeled samples the teacher labels for the transfer set (mnist1d only)"
+    )
+    num_samples: int | None = Field(
+        None, ge=20, description="mnist1d only: total samples generated (default: the package's 5000)"
+    )
+    split_seed: int = Field(0, description="seed of the train/test split and of the labeled subset")
+
+    @model_validator(mode="after")
+    def _extra_needs_generator(self) -> DataConfig:
+        if self.extra_unlabeled and self.dataset != "mnist1d":
+            raise ValueError("extra_unlabeled needs a dataset that can generate samples (mnist1d)")
+        if self.num_samples is not None and self.dataset != "mnist1d":
+            raise ValueError("num_samples applies to mnist1d only")
+        return self
+
+
+class TrainConfig(_Strict):
+    steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(64, ge=1, description="samples per step")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    scheduler: Literal["constant", "cosine"] = Field(
+        "cosine", description="learning-rate schedule over steps"
+    )
+    grad_clip: float | None = Field(5.0, gt=0, description="max global gradient norm (null = no clipping)")
+    eval_every: int = Field(100, ge=1, description="steps between evaluations logged to the history")
+    checkpoint_every: int = Field(100, ge=1, description="steps between checkpoints (resume points)")
+
+
+class TeacherConfig(_Strict):
+    arch: str = Field("cnn_m", description="model-zoo name of the teacher (`kdistill models`)")
+    checkpoint: Path | None = Field(
+        None, description="safetensors weights to load; if unset the teacher is trained and cached"
+    )
+    seed: int = Field(0, description="seed of the teacher's own training")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how the teacher is trained")
+    cache_outputs: bool = Field(
+        True, description="run the frozen teacher once over the training data and reuse its outputs"
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(MODELS.unknown_message(v))
+        return v
+
+
+class StudentConfig(_Strict):
+    arch: str = Field("cnn_xs", description="model-zoo name of the student")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in MODELS:
+            raise ValueError(MODELS.unknown_message(v))
+        return v
+
+
+class LossTerm(_Strict):
+    name: str = Field(description="registered loss name (`kdistill methods`)")
+    weight: float = Field(1.0, ge=0, description="multiplier of this term in the summed loss")
+    params: dict[str, float | int] = Field(
+        default_factory=dict, description="the loss function's own arguments, e.g. temperature"
+    )
+    student_layer: str | None = Field(None, description="student module path tapped (feature/relation)")
+    teacher_layer: str | None = Field(None, description="teacher module path tapped (feature/relation)")
+
+    @model_validator(mode="after")
+    def _check_against_registry(self) -> LossTerm:
+        if self.name not in LOSSES:
+            raise ValueError(LOSSES.unknown_message(self.name))
+        spec = LOSSES.get(self.name)
+        signature = inspect.signature(spec.fn)
+        fixed = {"student_logits", "teacher_logits", "target", "student_feature", "teacher_feature"}
+        fixed |= {"student_emb", "teacher_emb"}
+        allowed = [p for p in signature.parameters if p not in fixed]
+        for key in self.params:
+            if key not in allowed:
+                raise ValueError(
+                    f"loss {self.name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or 'none'}"
+                )
+        if spec.role == "feature" and not (self.student_layer and self.teacher_layer):
+            raise ValueError(f"feature loss {self.name!r} needs student_layer and teacher_layer")
+        if spec.role in ("label", "response") and (self.student_layer or self.teacher_layer):
+            raise ValueError(f"loss {self.name!r} works on logits; remove student_layer/teacher_layer")
+        if (self.student_layer is None) != (self.teacher_layer is None):
+            raise ValueError("give both student_layer and teacher_layer, or neither (= the logits)")
+        return self
+
+
+class MethodConfig(_Strict):
+    name: Literal["offline", "mutual", "born_again"] = Field(
+        "offline", description="offline KD, mutual (online, DML) or born_again (self-distillation)"
+    )
+    peers: int = Field(2, ge=2, description="mutual: number of peers learning together")
+    generations: int = Field(2, ge=1, description="born_again: generations after the first")
+
+
+class EvaluationConfig(_Strict):
+    compare_scratch: bool = Field(True, description="also train the student from scratch on the labels")
+    latency_batch_size: int = Field(1, ge=1, description="batch size of the latency measurement")
+
+
+class RunConfig(_Strict):
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory"
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="student seeds")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    loss: list[LossTerm] = Field(
+        default_factory=lambda: [LossTerm(name="cross_entropy"), LossTerm(name="hinton_kd")],
+        min_length=1,
+        description="weighted terms summed into the student's loss",
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how the student is trained")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _method_rules(self) -> RunConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        if self.method.name == "mutual":
+            for term in self.loss:
+                if LOSSES.get(term.name).role not in ("label", "response"):
+                    raise ValueError(
+                        f"mutual learning exchanges logits only; loss {term.name!r} is "
+                        f"{LOSSES.get(term.name).role}-based"
+                    )
+        if self.method.name == "born_again":
+            for term in self.loss:
+                if term.student_layer and LOSSES.get(term.name).role == "feature":
+                    # teacher and student share an architecture, so layer names must match too
+                    if term.student_layer != term.teacher_layer:
+                        raise ValueError("born_again: teacher and student are the same architecture")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def config_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+def stable_hash(data: Any) -> str:
+    """Hash of a JSON-able structure, independent of key order."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field missing"
+        else:
+            got = e.get("input")
+            if not isinstance(got, dict | list) and e["type"] not in ("value_error",):
+                msg = f"{msg} (got {got!r})"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> RunConfig:
+    """Validate a mapping into a RunConfig, raising ConfigError with field paths."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of config keys at the top level, got {type(data).__name__}"
+        )
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted `key.sub=value` overrides (values parsed as YAML scalars/lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw)
+        node: Any = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(part, key)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+        if isinstance(node, list):
+            node[_list_index(parts[-1], key)] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _list_index(part: str, key: str) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"override {key!r}: {part!r} must be a list index")
+    return int(part)
+
+
+def builtin_recipes() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files("kdistill.recipes").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def load_config(path_or_recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file, or a built-in recipe by name (None = the default recipe `digits`)."""
+    name = "digits" if path_or_recipe is None else str(path_or_recipe)
+    path = Path(name)
+    if path.is_file():
+        text, source = path.read_text(), str(path)
+    elif name in builtin_recipes():
+        text = resources.files("kdistill.recipes").joinpath(f"{name}.yaml").read_text()
+        source = f"recipe {name}"
+    else:
+        raise ConfigError(
+            f"{name}: no such file, and not a built-in recipe (built-in: {', '.join(builtin_recipes())})"
+        )
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    if overrides:
+        data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
+    return parse_config(data, source)

@@ -1,0 +1,473 @@
+"""Turn a run's `metrics.json` into something a person reads: a table, two plots and an HTML page.
+
+The terminal table (`results_table`) and the HTML table come from the same `results_rows`, so the two
+can never disagree on a number. Plots use matplotlib's object-oriented API with the Agg canvas, never
+pyplot, so making a report neither changes the global backend nor leaks figures in a long process.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from kdistill.evaluation.metrics import mean_std
+from kdistill.io import atomic_write_bytes, atomic_write_text
+
+REPORT_FILENAME = "report.html"
+LEARNING_CURVES_FILENAME = "learning_curves.png"
+TRADEOFF_FILENAME = "tradeoff.png"
+
+RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "role",
+    "accuracy",
+    "params",
+    "extra params",
+    "size",
+    "ms / sample",
+    "agrees w/ teacher",
+    "params vs teacher",
+    "speedup",
+)
+_TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
+_MISSING = "—"
+
+# tab10: distinguishable, colour-blind friendlier than the old default cycle.
+_PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Number formatting shared by the terminal table and the HTML page
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for a missing / non-numeric / NaN entry (shown as a dash, not a crash)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _significant(value: float, digits: int = 3) -> str:
+    """`value` to `digits` significant digits without scientific notation: 0.0512, 4.27, 1234."""
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+def _format_percent(value: Any, std: Any = None, n_seeds: int = 1) -> str:
+    """0.931, 0.008 over 3 seeds -> "93.1 ± 0.8 %"; the ± only when several seeds actually varied."""
+    mean = _number(value)
+    if mean is None:
+        return _MISSING
+    spread = _number(std)
+    if spread is not None and spread > 0 and n_seeds > 1:
+        return f"{100 * mean:.1f} ± {100 * spread:.1f} %"
+    return f"{100 * mean:.1f} %"
+
+
+def _format_count(value: Any) -> str:
+    count = _number(value)
+    return _MISSING if count is None else f"{round(count):,}"
+
+
+def _format_bytes(value: Any) -> str:
+    """Decimal (SI) units, as file browsers show them: 380000 -> "380 kB", 12345 -> "12.3 kB"."""
+    size = _number(value)
+    if size is None:
+        return _MISSING
+    if abs(size) < 1000:
+        return f"{round(size)} B"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        text = _significant(size)
+        if abs(float(text)) < 1000:  # 999.96 kB rounds to "1000": show "1.00 MB" instead
+            return f"{text} {unit}"
+    return f"{_significant(size / 1000)} TB"
+
+
+def _format_ms(value: Any) -> str:
+    latency = _number(value)
+    return _MISSING if latency is None else f"{_significant(latency)} ms"
+
+
+def _format_params_ratio(params: Any, teacher_params: Any) -> str:
+    """How many times smaller than the teacher, as a fraction: "1/60"; "1" for the same size; "2.5x" if larger."""
+    own, teacher = _number(params), _number(teacher_params)
+    if own is None or teacher is None or own <= 0 or teacher <= 0:
+        return _MISSING
+    smaller_by = teacher / own
+    if round(smaller_by, 1) == 1.0:
+        return "1"
+    if smaller_by > 1:
+        return f"1/{smaller_by:.0f}" if smaller_by >= 10 else f"1/{smaller_by:.1f}"
+    return f"{1 / smaller_by:.1f}x"
+
+
+def _format_speedup(latency: Any, teacher_latency: Any) -> str:
+    """teacher latency / model latency: "4.2x" faster (below 1 means slower than the teacher)."""
+    own, teacher = _number(latency), _number(teacher_latency)
+    if own is None or teacher is None or own <= 0 or teacher <= 0:
+        return _MISSING
+    speedup = teacher / own
+    return f"{speedup:.0f}x" if speedup >= 10 else f"{speedup:.1f}x"
+
+
+def _format_value(value: Any) -> str:
+    """A free-form summary / manifest value: numbers to 4 significant digits, containers as JSON."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading metrics.json
+
+
+def _models_teacher_first(metrics: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    models = list(metrics.get("models", []))
+    # sorted() is stable: teachers first, every other model keeps the engine's order.
+    return sorted(models, key=lambda model: model.get("role") != "teacher")
+
+
+def _teacher(metrics: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return next((m for m in metrics.get("models", []) if m.get("role") == "teacher"), None)
+
+
+def _seed_count(model: Mapping[str, Any], metrics: Mapping[str, Any]) -> int:
+    per_seed = model.get("accuracy_per_seed")
+    if per_seed:
+        return len(per_seed)
+    return len(metrics.get("run", {}).get("seeds", [])) or 1
+
+
+def _model_colours(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """One colour per model name, the same in every plot: table order first, then history-only models."""
+    names = [str(model.get("name")) for model in _models_teacher_first(metrics)]
+    names += [str(entry.get("model")) for entry in metrics.get("history", [])]
+    unique = list(dict.fromkeys(names))
+    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(unique)}
+
+
+def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
+    """The formatted cells of the results table, teacher first, one list per model (see RESULT_COLUMNS)."""
+    teacher = _teacher(metrics) or {}
+    rows = []
+    for model in _models_teacher_first(metrics):
+        n_seeds = _seed_count(model, metrics)
+        rows.append(
+            [
+                str(model.get("name", _MISSING)),
+                str(model.get("role", _MISSING)),
+                _format_percent(model.get("accuracy"), model.get("accuracy_std"), n_seeds),
+                _format_count(model.get("params")),
+                _format_count(model.get("extra_params", 0)),
+                _format_bytes(model.get("size_bytes")),
+                _format_ms(model.get("latency_ms")),
+                _format_percent(model.get("agreement_with_teacher"), model.get("agreement_std"), n_seeds),
+                _format_params_ratio(model.get("params"), teacher.get("params")),
+                _format_speedup(model.get("latency_ms"), teacher.get("latency_ms")),
+            ]
+        )
+    return rows
+
+
+def results_table(metrics: Mapping[str, Any]) -> Table:
+    """The results as a rich Table for the terminal (the caller decides where to print it)."""
+    headline = metrics.get("summary", {}).get("headline")
+    # Text, not str: rich would read "[bold]" or "[0.1]" in a model name as markup and drop it.
+    table = Table(title=Text(str(headline)) if headline else None, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in RESULT_COLUMNS:
+        table.add_column(Text(column), justify="left" if column in _TEXT_COLUMNS else "right")
+    for row in results_rows(metrics):
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def _final_loss_terms(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per model, the last logged value of the total loss and of each term, mean ± std over seeds."""
+    last_entry: dict[tuple[str, Any], Mapping[str, Any]] = {}
+    for entry in metrics.get("history", []):
+        key = (str(entry.get("model")), entry.get("seed"))
+        previous = last_entry.get(key)
+        if previous is None or _progress(entry) >= _progress(previous):
+            last_entry[key] = entry
+    if not any(entry.get("terms") for entry in last_entry.values()):
+        return [], []
+
+    term_names = list(dict.fromkeys(name for entry in last_entry.values() for name in entry.get("terms", {})))
+    columns = ["model", "seeds", "loss", *term_names]
+    rows = []
+    for model in _model_colours(metrics):  # table order, then history-only models
+        finals = [entry for (name, _), entry in last_entry.items() if name == model]
+        if not finals:
+            continue
+        cells = [model, str(len(finals)), _format_mean_std([entry.get("loss") for entry in finals])]
+        for term in term_names:
+            cells.append(_format_mean_std([entry.get("terms", {}).get(term) for entry in finals]))
+        rows.append(cells)
+    return columns, rows
+
+
+def _progress(entry: Mapping[str, Any]) -> tuple[float, float]:
+    step, epoch = _number(entry.get("step")), _number(entry.get("epoch"))
+    return (-math.inf if step is None else step, -math.inf if epoch is None else epoch)
+
+
+def _format_mean_std(values: Iterable[Any]) -> str:
+    numbers = [number for number in map(_number, values) if number is not None]
+    if not numbers:
+        return _MISSING
+    mean, std = mean_std(numbers)
+    return f"{_significant(mean, 4)} ± {_significant(std, 2)}" if std > 0 else _significant(mean, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _plot_text(text: Any) -> str:
+    """Escape "$" so matplotlib shows a model name as written instead of parsing it as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _save_figure(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)  # attaches itself to the figure: renders without touching pyplot's backend
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Training loss vs step and validation accuracy vs epoch, one line per (model, seed); None if no history."""
+    history = metrics.get("history", [])
+    if not history:
+        return None
+    colours = _model_colours(metrics)
+    loss_curves: dict[tuple[str, Any], dict[float, float]] = {}
+    accuracy_curves: dict[tuple[str, Any], dict[float, float]] = {}
+    for entry in history:
+        key = (str(entry.get("model")), entry.get("seed"))
+        step, epoch = _number(entry.get("step")), _number(entry.get("epoch"))
+        loss, val_accuracy = _number(entry.get("loss")), _number(entry.get("val_accuracy"))
+        if step is not None and loss is not None:
+            loss_curves.setdefault(key, {})[step] = loss
+        if epoch is not None and val_accuracy is not None:
+            accuracy_curves.setdefault(key, {})[epoch] = 100 * val_accuracy  # last value of an epoch wins
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for axes, curves in ((loss_axes, loss_curves), (accuracy_axes, accuracy_curves)):
+        labelled: set[str] = set()
+        for (model, _seed), points in sorted(
+            curves.items(), key=lambda item: list(colours).index(item[0][0])
+        ):
+            xs = sorted(points)
+            label = (
+                None if model in labelled else _plot_text(model)
+            )  # one legend entry per model, not per seed
+            labelled.add(model)
+            axes.plot(
+                xs, [points[x] for x in xs], color=colours[model], alpha=0.8, linewidth=1.3, label=label
+            )
+        axes.grid(True, alpha=0.3)
+        if not curves:
+            axes.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axes.transAxes)
+    loss_axes.set(title="training loss (all terms)", xlabel="step", ylabel="loss")
+    accuracy_axes.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if loss_curves or accuracy_curves:
+        (loss_axes if loss_curves else accuracy_axes).legend(title="one line per seed", fontsize="small")
+    figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
+    return _save_figure(figure, path)
+
+
+def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
+    """Accuracy (± std over seeds) against parameters and against latency per sample, both log-scaled."""
+    colours = _model_colours(metrics)
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    params_axes, latency_axes = figure.subplots(1, 2)
+    for axes, x_key in ((params_axes, "params"), (latency_axes, "latency_ms")):
+        plotted = 0
+        for model in _models_teacher_first(metrics):
+            x, y = _number(model.get(x_key)), _number(model.get("accuracy"))
+            if x is None or y is None or x <= 0:
+                continue  # log axis: a missing or zero value has no place on it
+            name = str(model.get("name"))
+            std = _number(model.get("accuracy_std")) or 0.0
+            axes.errorbar(x, 100 * y, yerr=100 * std, fmt="o", color=colours[name], capsize=4, markersize=7)
+            axes.annotate(
+                _plot_text(name), (x, 100 * y), xytext=(7, 5), textcoords="offset points", fontsize="small"
+            )
+            plotted += 1
+        axes.set_xscale("log")
+        axes.margins(x=0.25, y=0.15)
+        axes.grid(True, which="both", alpha=0.3)
+        if plotted == 0:
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+    params_axes.set(title="accuracy vs size", xlabel="parameters (log)", ylabel="accuracy (%)")
+    latency_axes.set(title="accuracy vs speed", xlabel="latency per sample, ms (log)", ylabel="accuracy (%)")
+    figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
+    return _save_figure(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1150px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+.meta { color: #666; font-size: 0.9em; }
+.headline { font-size: 1.5em; font-weight: 600; margin: 0.8em 0; padding: 0.6em 0.9em;
+            background: #f3f7fb; border-left: 4px solid #1f77b4; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
+th, td { padding: 0.35em 0.8em; border-bottom: 1px solid #e4e4e4; text-align: left; }
+th { background: #fafafa; } td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.small { font-size: 0.82em; }
+img { max-width: 100%; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _html_table(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], *, numeric_from: int, css_class: str = ""
+) -> str:
+    """An escaped <table>; columns from index `numeric_from` on are right-aligned numbers."""
+
+    def cell(tag: str, index: int, text: str) -> str:
+        align = ' class="num"' if index >= numeric_from else ""
+        return f"<{tag}{align}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", i, column) for i, column in enumerate(columns))
+    body = "\n".join(
+        "<tr>" + "".join(cell("td", i, text) for i, text in enumerate(row)) + "</tr>" for row in rows
+    )
+    class_attribute = f' class="{html.escape(css_class)}"' if css_class else ""
+    return f"<table{class_attribute}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def _html_page(
+    metrics: Mapping[str, Any],
+    *,
+    learning_curves: Path | None,
+    tradeoff: Path,
+    config_yaml: str | None,
+    manifest: Mapping[str, Any] | None,
+) -> str:
+    run = metrics.get("run", {})
+    summary = metrics.get("summary", {})
+    name = str(run.get("name", "run"))
+    meta = " · ".join(
+        f"{label} {html.escape(_format_value(run[key]))}"
+        for label, key in (
+            ("dir", "run_dir"),
+            ("started", "started"),
+            ("finished", "finished"),
+            ("seeds", "seeds"),
+            ("device", "device"),
+            ("config", "config_hash"),
+        )
+        if run.get(key) not in (None, "", [])
+    )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>kdistill report: {html.escape(name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(name)}</h1>",
+        f'<p class="meta">{meta}</p>',
+    ]
+    if summary.get("headline"):
+        parts.append(f'<p class="headline">{html.escape(str(summary["headline"]))}</p>')
+
+    parts += [
+        "<h2>Results</h2>",
+        _html_table(RESULT_COLUMNS, results_rows(metrics), numeric_from=len(_TEXT_COLUMNS)),
+    ]
+    other_numbers = [[str(key), _format_value(value)] for key, value in summary.items() if key != "headline"]
+    if other_numbers:
+        parts.append(_html_table(["summary", "value"], other_numbers, numeric_from=1, css_class="small"))
+
+    parts.append("<h2>Trade-off</h2>")
+    parts.append(f'<img src="{html.escape(tradeoff.name)}" alt="accuracy against parameters and latency">')
+    if learning_curves is not None:
+        parts.append("<h2>Learning curves</h2>")
+        parts.append(
+            f'<img src="{html.escape(learning_curves.name)}" alt="training loss and validation accuracy">'
+        )
+
+    loss_columns, loss_rows = _final_loss_terms(metrics)
+    if loss_rows:
+        parts.append("<h2>Final loss terms</h2>")
+        parts.append(
+            '<p class="meta">Last logged value of each (already weighted) term, mean ± std over seeds.</p>'
+        )
+        parts.append(_html_table(loss_columns, loss_rows, numeric_from=1))
+
+    if config_yaml is not None:
+        parts += ["<h2>Resolved config</h2>", f"<pre>{html.escape(config_yaml)}</pre>"]
+    if manifest:
+        manifest_rows = [[str(key), _format_value(value)] for key, value in manifest.items()]
+        parts += [
+            "<h2>Manifest</h2>",
+            _html_table(["key", "value"], manifest_rows, numeric_from=2, css_class="small"),
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(
+    run_dir: Path,
+    metrics: Mapping[str, Any],
+    *,
+    config_yaml: str | None = None,
+    manifest: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write report.html with learning_curves.png and tradeoff.png beside it into run_dir; return the html path.
+
+    Every file is replaced atomically, so a browser or a second `kdistill report` never sees half a page.
+    A learning-curves plot left by an earlier report is removed when the history is now empty, so the
+    directory never holds a plot that the metrics no longer back.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    learning_curves = plot_learning_curves(metrics, run_dir / LEARNING_CURVES_FILENAME)
+    if learning_curves is None:
+        (run_dir / LEARNING_CURVES_FILENAME).unlink(missing_ok=True)
+    tradeoff = plot_tradeoff(metrics, run_dir / TRADEOFF_FILENAME)
+    page = _html_page(
+        metrics,
+        learning_curves=learning_curves,
+        tradeoff=tradeoff,
+        config_yaml=config_yaml,
+        manifest=manifest,
+    )
+    return atomic_write_text(run_dir / REPORT_FILENAME, page)
