@@ -5,19 +5,11 @@ Computed in float32 (float64 stays float64).
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.numerics import compute_dtype
 from kdistill.losses.spec import LOSSES, LossSpec
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float32, or wider if an input is wider: float16/bfloat16 are upcast, float64 is kept."""
-    dtype = torch.float32
-    for x in tensors:
-        dtype = torch.promote_types(dtype, x.dtype)
-    return dtype
 
 
 def fitnet_hint(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
@@ -34,7 +26,7 @@ def fitnet_hint(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
             f"fitnet_hint needs equal shapes: adapted student feature {tuple(student_feature.shape)} vs "
             f"teacher feature {tuple(teacher_feature.shape)}"
         )
-    dtype = _compute_dtype(student_feature, teacher_feature)
+    dtype = compute_dtype(student_feature, teacher_feature)
     return F.mse_loss(student_feature.to(dtype), teacher_feature.to(dtype))
 
 
@@ -65,7 +57,7 @@ def attention_transfer(student_feature: Tensor, teacher_feature: Tensor, p: int 
         )
     if p <= 0:
         raise ValueError(f"p must be > 0, got {p}")
-    dtype = _compute_dtype(student_feature, teacher_feature)
+    dtype = compute_dtype(student_feature, teacher_feature)
     s, t = _pool_to_common_size(student_feature.to(dtype), teacher_feature.to(dtype))
     return (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
 

@@ -10,17 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.numerics import compute_dtype
 from kdistill.losses.spec import LOSSES, LossSpec
 
 _EPS = 1e-12  # floor of a squared distance before sqrt (as in the official RKD code) and of a mean distance
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float32, or wider if an input is wider: float16/bfloat16 are upcast, float64 is kept."""
-    dtype = torch.float32
-    for x in tensors:
-        dtype = torch.promote_types(dtype, x.dtype)
-    return dtype
 
 
 def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
@@ -29,7 +22,7 @@ def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
         raise ValueError(
             f"batch sizes differ: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
         )
-    dtype = _compute_dtype(student, teacher)
+    dtype = compute_dtype(student, teacher)
     return student.to(dtype).flatten(1), teacher.to(dtype).flatten(1)
 
 

@@ -11,17 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.numerics import compute_dtype
 from kdistill.losses.spec import LOSSES, LossSpec
 
 UNLABELED = -1  # target value that marks a sample without a label
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    """float32, or wider if an input is wider: float16/bfloat16 are upcast, float64 is kept."""
-    dtype = torch.float32
-    for x in tensors:
-        dtype = torch.promote_types(dtype, x.dtype)
-    return dtype
 
 
 def _rows(logits: Tensor, dtype: torch.dtype) -> Tensor:
@@ -55,7 +48,7 @@ def cross_entropy(student_logits: Tensor, target: Tensor) -> Tensor:
     Reduction: mean over labeled rows (sum / count.clamp_min(1)), so a batch with no label gives exactly 0
     with zero gradients instead of NaN. Returns a 0-dim tensor.
     """
-    dtype = _compute_dtype(student_logits)
+    dtype = compute_dtype(student_logits)
     logits = _rows(student_logits, dtype)  # (N, C)
     target = target.reshape(-1)  # (N,)
     if target.shape[0] != logits.shape[0]:
@@ -79,7 +72,7 @@ def hinton_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float
     """
     _check_temperature(temperature)
     _check_same_shape(student_logits, teacher_logits)
-    dtype = _compute_dtype(student_logits, teacher_logits)
+    dtype = compute_dtype(student_logits, teacher_logits)
     log_p_s = F.log_softmax(_rows(student_logits, dtype) / temperature, dim=-1)  # (N, C)
     log_p_t = F.log_softmax(_rows(teacher_logits, dtype) / temperature, dim=-1)  # (N, C)
     return temperature**2 * _kl_per_row(log_p_t, log_p_s).mean()
@@ -116,7 +109,7 @@ def dkd(
     n_classes = student_logits.shape[-1]
     if n_classes < 2:
         raise ValueError(f"dkd needs at least 2 classes, got logits {tuple(student_logits.shape)}")
-    dtype = _compute_dtype(student_logits, teacher_logits)
+    dtype = compute_dtype(student_logits, teacher_logits)
     z_s = _rows(student_logits, dtype) / temperature  # (N, C)
     z_t = _rows(teacher_logits, dtype) / temperature  # (N, C)
     target = target.reshape(-1)  # (N,)
