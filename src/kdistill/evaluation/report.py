@@ -17,7 +17,6 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from rich import box
 from rich.table import Table
 from rich.text import Text
@@ -265,7 +264,11 @@ def _save_figure(figure: Figure, path: Path) -> Path:
 
 
 def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
-    """Training loss vs step and validation accuracy vs epoch, one line per (model, seed); None if no history."""
+    """Training loss and held-out accuracy vs optimizer step, one line per (model, seed); None if no history.
+
+    Step, not epoch, on both x axes: arms of a comparison train on sets of different sizes (the scratch
+    baseline sees only the labeled samples), so their epochs are not comparable but their steps are.
+    """
     history = metrics.get("history", [])
     if not history:
         return None
@@ -274,12 +277,12 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
     accuracy_curves: dict[tuple[str, Any], dict[float, float]] = {}
     for entry in history:
         key = (str(entry.get("model")), entry.get("seed"))
-        step, epoch = _number(entry.get("step")), _number(entry.get("epoch"))
+        step = _number(entry.get("step"))
         loss, val_accuracy = _number(entry.get("loss")), _number(entry.get("val_accuracy"))
         if step is not None and loss is not None:
             loss_curves.setdefault(key, {})[step] = loss
-        if epoch is not None and val_accuracy is not None:
-            accuracy_curves.setdefault(key, {})[epoch] = 100 * val_accuracy  # last value of an epoch wins
+        if step is not None and val_accuracy is not None:
+            accuracy_curves.setdefault(key, {})[step] = 100 * val_accuracy
 
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
@@ -300,8 +303,9 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
         if not curves:
             axes.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axes.transAxes)
     loss_axes.set(title="training loss (all terms)", xlabel="step", ylabel="loss")
-    accuracy_axes.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
-    accuracy_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    accuracy_axes.set(
+        title="held-out accuracy (not used for model selection)", xlabel="step", ylabel="accuracy (%)"
+    )
     if loss_curves or accuracy_curves:
         (loss_axes if loss_curves else accuracy_axes).legend(title="one line per seed", fontsize="small")
     figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
