@@ -8,6 +8,7 @@ one resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -172,7 +173,7 @@ def run(
         else None
     )
     t0 = time.perf_counter()
-    with progress if progress is not None else _nullcontext():
+    with progress if progress is not None else contextlib.nullcontext():
         teacher, origin = load_teacher(
             cfg.teacher, data, device, cache_root=cache_root, progress=_progress_factory(progress)
         )
@@ -199,14 +200,6 @@ def run(
     write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
     atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))  # last: marks the run finished
     return RunResult(run_dir, metrics, existing is not None)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def evaluate_models(cfg: RunConfig, ctx: RunContext, trained: list[TrainedModel]) -> dict[str, Any]:

@@ -115,6 +115,8 @@ def run_job(
     if result.is_file():
         module.load_state_dict(load_file(str(weights), device=str(next(module.parameters()).device)))
         module.eval()
+        if on_step is not None:
+            on_step(cfg.steps)  # finished in an earlier session: show it as done
         return json.loads(result.read_text())["history"]
     job_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)

@@ -6,7 +6,6 @@ generation, same architecture, is distilled from the previous one with the confi
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from kdistill.methods.base import METHODS, RunContext, TrainedModel
@@ -28,7 +27,6 @@ def born_again(ctx: RunContext, seed: int) -> list[TrainedModel]:
     out = []
     for gen in range(1, ctx.cfg.method.generations + 1):
         teacher = _frozen(previous)
-        torch.manual_seed(seed * 100 + gen)
         result = distill_offline(
             ctx,
             seed,

@@ -48,8 +48,8 @@ def load_teacher(
     progress: ProgressFactory | None = None,
 ) -> tuple[nn.Module, dict]:
     """The frozen teacher in eval mode, plus where it came from."""
-    model = build_model(cfg.arch, data.input_shape, data.num_classes).to(device)
     if cfg.checkpoint is not None:
+        model = build_model(cfg.arch, data.input_shape, data.num_classes).to(device)
         if not cfg.checkpoint.is_file():
             raise FileNotFoundError(f"teacher.checkpoint: no file {cfg.checkpoint}")
         state = load_file(str(cfg.checkpoint), device=str(device))
