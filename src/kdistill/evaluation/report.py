@@ -40,6 +40,21 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "params vs teacher",
     "speedup",
 )
+# Language-model runs (metrics["task"] == "lm"): quality is measured against the teacher's answers.
+LM_RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "role",
+    "ppl on teacher answers",
+    "top-1 agreement",
+    "ROUGE-L",
+    "exact match",
+    "params",
+    "size",
+    "ms / answer",
+    "tokens / s",
+    "params vs teacher",
+    "speedup",
+)
 _TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
 _MISSING = "—"
 
@@ -174,24 +189,51 @@ def _model_colours(metrics: Mapping[str, Any]) -> dict[str, str]:
     return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(unique)}
 
 
+def result_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
+    return LM_RESULT_COLUMNS if metrics.get("task") == "lm" else RESULT_COLUMNS
+
+
 def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
-    """The formatted cells of the results table, teacher first, one list per model (see RESULT_COLUMNS)."""
+    """The formatted cells of the results table, teacher first, one list per model (see result_columns)."""
     teacher = _teacher(metrics) or {}
     rows = []
     for model in _models_teacher_first(metrics):
         n_seeds = _seed_count(model, metrics)
+        ratio = _format_params_ratio(model.get("params"), teacher.get("params"))
+        speedup = _format_speedup(model.get("latency_ms"), teacher.get("latency_ms"))
+        name, role = str(model.get("name", _MISSING)), str(model.get("role", _MISSING))
+        if metrics.get("task") == "lm":
+            ppl = _number(model.get("perplexity_on_teacher_answers"))
+            tokens_per_s = _number(model.get("tokens_per_s"))
+            rows.append(
+                [
+                    name,
+                    role,
+                    _MISSING if ppl is None else _significant(ppl, 3),
+                    _format_percent(model.get("agreement_with_teacher")),
+                    _MISSING if _number(model.get("rouge_l")) is None else f"{model['rouge_l']:.3f}",
+                    _format_percent(model.get("exact_match")),
+                    _format_count(model.get("params")),
+                    _format_bytes(model.get("size_bytes")),
+                    _format_ms(model.get("latency_ms")),
+                    _MISSING if tokens_per_s is None else _significant(tokens_per_s, 3),
+                    ratio,
+                    speedup,
+                ]
+            )
+            continue
         rows.append(
             [
-                str(model.get("name", _MISSING)),
-                str(model.get("role", _MISSING)),
+                name,
+                role,
                 _format_percent(model.get("accuracy"), model.get("accuracy_std"), n_seeds),
                 _format_count(model.get("params")),
                 _format_count(model.get("extra_params", 0)),
                 _format_bytes(model.get("size_bytes")),
                 _format_ms(model.get("latency_ms")),
                 _format_percent(model.get("agreement_with_teacher"), model.get("agreement_std"), n_seeds),
-                _format_params_ratio(model.get("params"), teacher.get("params")),
-                _format_speedup(model.get("latency_ms"), teacher.get("latency_ms")),
+                ratio,
+                speedup,
             ]
         )
     return rows
@@ -202,7 +244,7 @@ def results_table(metrics: Mapping[str, Any]) -> Table:
     headline = metrics.get("summary", {}).get("headline")
     # Text, not str: rich would read "[bold]" or "[0.1]" in a model name as markup and drop it.
     table = Table(title=Text(str(headline)) if headline else None, box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in RESULT_COLUMNS:
+    for column in result_columns(metrics):
         table.add_column(Text(column), justify="left" if column in _TEXT_COLUMNS else "right")
     for row in results_rows(metrics):
         table.add_row(*(Text(cell) for cell in row))
@@ -335,8 +377,12 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
         axes.grid(True, which="both", alpha=0.3)
         if plotted == 0:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-    params_axes.set(title="accuracy vs size", xlabel="parameters (log)", ylabel="accuracy (%)")
-    latency_axes.set(title="accuracy vs speed", xlabel="latency per sample, ms (log)", ylabel="accuracy (%)")
+    quality = "top-1 agreement with teacher" if metrics.get("task") == "lm" else "accuracy"
+    per = "answer" if metrics.get("task") == "lm" else "sample"
+    params_axes.set(title=f"{quality} vs size", xlabel="parameters (log)", ylabel=f"{quality} (%)")
+    latency_axes.set(
+        title=f"{quality} vs speed", xlabel=f"latency per {per}, ms (log)", ylabel=f"{quality} (%)"
+    )
     figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
     return _save_figure(figure, path)
 
@@ -414,7 +460,7 @@ def _html_page(
 
     parts += [
         "<h2>Results</h2>",
-        _html_table(RESULT_COLUMNS, results_rows(metrics), numeric_from=len(_TEXT_COLUMNS)),
+        _html_table(result_columns(metrics), results_rows(metrics), numeric_from=len(_TEXT_COLUMNS)),
     ]
     other_numbers = [[str(key), _format_value(value)] for key, value in summary.items() if key != "headline"]
     if other_numbers:
@@ -435,6 +481,19 @@ def _html_page(
             '<p class="meta">Last logged value of each (already weighted) term, mean ± std over seeds.</p>'
         )
         parts.append(_html_table(loss_columns, loss_rows, numeric_from=1))
+
+    examples = metrics.get("examples") or []
+    if examples:
+        parts.append("<h2>Example answers (held-out prompts)</h2>")
+        columns = list(examples[0])
+        parts.append(
+            _html_table(
+                columns,
+                [[str(e.get(c, "")) for c in columns] for e in examples],
+                numeric_from=len(columns),
+                css_class="small",
+            )
+        )
 
     if config_yaml is not None:
         parts += ["<h2>Resolved config</h2>", f"<pre>{html.escape(config_yaml)}</pre>"]

@@ -1,0 +1,229 @@
+"""How close a student LM is to its teacher on held-out teacher answers.
+
+- perplexity of the student on the teacher's answers (response tokens only): how likely it finds them;
+- top-1 agreement with the teacher, next token by next token along the teacher's answers (needs the
+  teacher model, and the same tokenizer for both);
+- the student's own greedy answers, scored against the teacher's with ROUGE-L F1 and exact match, and
+  timed (seconds per answer, new tokens per second).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from kdistill.lm.sft_data import IGNORE_INDEX, collate, encode_prompt, tokenize_rows
+from kdistill.lm.train import response_nll_sum
+
+__all__ = [
+    "Generations",
+    "evaluate_student",
+    "exact_match",
+    "generate_answers",
+    "lcs_length",
+    "response_perplexity",
+    "rouge_l_f1",
+    "teacher_agreement",
+]
+
+
+def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Length of the longest common subsequence of two sequences (dynamic programming, O(len a * len b))."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l_f1(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 over whitespace-separated words: 2PR / (P + R) with P = LCS/|cand|, R = LCS/|ref|.
+
+    Two empty texts match (1.0); one empty text scores 0.0. Case and punctuation count as written.
+    """
+    cand, ref = candidate.split(), reference.split()
+    if not cand and not ref:
+        return 1.0
+    lcs = lcs_length(cand, ref)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(cand), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(candidate: str, reference: str) -> bool:
+    """Equal after stripping surrounding whitespace."""
+    return candidate.strip() == reference.strip()
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(examples: Sequence[Mapping[str, Any]], batch_size: int, pad_token_id: int):
+    for start in range(0, len(examples), batch_size):
+        yield collate(examples[start : start + batch_size], pad_token_id=pad_token_id)
+
+
+@torch.inference_mode()
+def response_perplexity(
+    model: nn.Module, examples: Sequence[Mapping[str, Any]], *, pad_token_id: int, batch_size: int = 8
+) -> dict[str, float]:
+    """exp(mean nll per response token) over all examples, with the nll and the token count."""
+    device = _device(model)
+    nll, tokens = 0.0, 0
+    for batch in _batches(examples, batch_size, pad_token_id):
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        nll += response_nll_sum(logits, batch["labels"]).item()
+        tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    if tokens == 0:
+        raise ValueError("no response tokens to score")
+    return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}
+
+
+@torch.inference_mode()
+def teacher_agreement(
+    student: nn.Module,
+    teacher: nn.Module,
+    examples: Sequence[Mapping[str, Any]],
+    *,
+    pad_token_id: int,
+    batch_size: int = 8,
+) -> float:
+    """Fraction of response positions where student and teacher predict the same next token (top-1)."""
+    agree, total = 0, 0
+    for batch in _batches(examples, batch_size, pad_token_id):
+        predictions = []
+        for model in (student, teacher):
+            device = _device(model)
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+            predictions.append(logits[:, :-1].argmax(dim=-1).cpu())  # (B, T-1): the guess for token t+1
+        scored = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T-1)
+        agree += int((predictions[0] == predictions[1])[scored].sum())
+        total += int(scored.sum())
+    if total == 0:
+        raise ValueError("no response tokens to compare")
+    return agree / total
+
+
+@dataclass(frozen=True)
+class Generations:
+    texts: list[str]  # decoded answers, special tokens removed
+    new_tokens: list[int]  # generated tokens per answer, its eos included
+    seconds: float  # wall time inside generate(), all batches
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    max_prompt_length: int | None = None,
+) -> Generations:
+    """Greedy answers to each row's prompt, in batches left-padded by hand.
+
+    The prompt ids are exactly those training used (`encode_prompt`), cut to their last
+    `max_prompt_length` tokens if given. Left padding puts every prompt's last token at the same position,
+    so the first new token of every row is generated in the same step.
+    """
+    rows = list(rows)  # a datasets.Dataset slices into columns; iterating gives rows
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer needs a pad token for batched generation (load_tokenizer sets one)")
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos
+    )
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    texts, counts, seconds = [], [], 0.0
+    try:
+        for start in range(0, len(rows), batch_size):
+            prompts = [encode_prompt(tokenizer, row) for row in rows[start : start + batch_size]]
+            if max_prompt_length is not None:
+                prompts = [p[-max_prompt_length:] for p in prompts]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                attention_mask[i, width - len(p) :] = 1
+            begin = time.perf_counter()
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=config,
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - begin
+            for new in output[:, width:].cpu().tolist():
+                length = new.index(eos) + 1 if eos in new else len(new)  # rows that stopped early are padded
+                counts.append(length)
+                texts.append(tokenizer.decode(new[:length], skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return Generations(texts=texts, new_tokens=counts, seconds=seconds)
+
+
+def evaluate_student(
+    student: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    teacher: nn.Module | None = None,
+    max_length: int = 512,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    generate: bool = True,
+) -> dict[str, Any]:
+    """Every metric above on held-out rows, as a plain dict (JSON-able)."""
+    rows = list(rows)
+    tokenized = tokenize_rows(tokenizer, rows, max_length=max_length)
+    pad = tokenizer.pad_token_id
+    result: dict[str, Any] = {"rows": len(rows), "truncated_rows": tokenized.num_truncated}
+    ppl = response_perplexity(student, tokenized.examples, pad_token_id=pad, batch_size=batch_size)
+    result |= {
+        "perplexity": ppl["perplexity"],
+        "nll_per_token": ppl["nll_per_token"],
+        "tokens": ppl["tokens"],
+    }
+    if teacher is not None:
+        result["teacher_agreement"] = teacher_agreement(
+            student, teacher, tokenized.examples, pad_token_id=pad, batch_size=batch_size
+        )
+    if generate:
+        gen = generate_answers(student, tokenizer, rows, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        references = [row["completion"] for row in rows]
+        rouge = [rouge_l_f1(c, r) for c, r in zip(gen.texts, references, strict=True)]
+        exact = [exact_match(c, r) for c, r in zip(gen.texts, references, strict=True)]
+        new_tokens = sum(gen.new_tokens)
+        result |= {
+            "rouge_l_f1": sum(rouge) / len(rouge),
+            "exact_match": sum(exact) / len(exact),
+            "seconds_per_answer": gen.seconds / len(rows),  # batched: wall time / answers
+            "new_tokens_per_second": new_tokens / gen.seconds if gen.seconds > 0 else float("nan"),
+            "mean_new_tokens": new_tokens / len(rows),
+            "batch_size": batch_size,
+            "threads": torch.get_num_threads(),
+            "answers": gen.texts,
+        }
+    return result

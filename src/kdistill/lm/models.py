@@ -1,0 +1,161 @@
+"""Causal language models and their tokenizers: load, build small ones, measure them.
+
+Everything goes through `from_pretrained`/`from_config`, so a local directory, a hub id (offline when
+HF_HUB_OFFLINE=1) and a GGUF file inside either all load the same way. Remote code never runs unless the
+caller asks for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from kdistill.evaluation.metrics import count_parameters, size_on_disk_bytes
+
+__all__ = [
+    "count_parameters",
+    "directory_size_bytes",
+    "is_saveable",
+    "load_causal_lm",
+    "load_tokenizer",
+    "model_from_config",
+    "rebuild",
+    "size_on_disk_bytes",
+]
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str],
+    *,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """A tokenizer with a pad token: batching needs one, and many causal-LM tokenizers ship without it.
+
+    When the tokenizer has no pad token, eos is used; masks, not token ids, decide what is padding, so
+    this never hides an eos from the loss.
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    name_or_path: str | os.PathLike[str],
+    *,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    saveable: bool = True,
+) -> PreTrainedModel:
+    """A causal LM in eval mode, on the CPU.
+
+    GGUF weights are dequantised by transformers, but the model then refuses `save_pretrained`
+    (FACTS.md); with `saveable=True` it is rebuilt as a plain model holding the same tensors, so a
+    student pruned or fine-tuned from it can be saved and reloaded without the GGUF file.
+    """
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    if saveable and not is_saveable(model):
+        model = rebuild(model)
+    return model.eval()
+
+
+def is_saveable(model: PreTrainedModel) -> bool:
+    """False for models transformers will not serialise (GGUF-loaded ones carry a GGUF quantizer)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return True
+    serializable = getattr(quantizer, "is_serializable", True)  # a method now, a property in some versions
+    return bool(serializable() if callable(serializable) else serializable)
+
+
+def rebuild(
+    model: PreTrainedModel,
+    config: PretrainedConfig | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> PreTrainedModel:
+    """A fresh plain model of `model`'s class built from `config` and loaded with `state_dict`.
+
+    Defaults: the model's own config (without any quantization config) and its own tensors. The result
+    shares no storage with `model`, has no hooks or quantizer, is in eval mode and keeps `model`'s dtype
+    and generation config. Used to make GGUF-loaded models saveable and to build pruned copies.
+    """
+    config = copy.deepcopy(config if config is not None else model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    source = model.state_dict() if state_dict is None else state_dict
+    dtype = next(model.parameters()).dtype
+    fresh = type(model)(config).to(dtype)
+    missing, unexpected = fresh.load_state_dict(dict(source), strict=False)
+    # Tied weights (lm_head = embed_tokens) may be absent from a state dict; load_state_dict restored the
+    # shared tensor through its other name, so only a missing tied key is acceptable.
+    tied = set(_tied_parameter_names(fresh))
+    untied_missing = [k for k in missing if k not in tied]
+    if untied_missing or unexpected:
+        raise ValueError(
+            f"state dict does not fit the model: missing {untied_missing}, unexpected {unexpected}"
+        )
+    fresh.generation_config = copy.deepcopy(model.generation_config)
+    return fresh.eval()
+
+
+def _tied_parameter_names(model: torch.nn.Module) -> list[str]:
+    """Names under which an already-seen parameter appears again (the second name of a tied weight)."""
+    seen: set[int] = set()
+    names = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            names.append(name)
+        seen.add(id(param))
+    return names
+
+
+def model_from_config(
+    config: Mapping[str, Any] | PretrainedConfig,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> PreTrainedModel:
+    """A freshly initialised causal LM; a dict needs `model_type` (e.g. "llama") and that model's fields.
+
+    The initialisation is seeded on a forked RNG, so building a model neither depends on nor disturbs
+    the caller's global random state.
+    """
+    if not isinstance(config, PretrainedConfig):
+        fields = dict(config)
+        if "model_type" not in fields:
+            raise ValueError("a model config dict needs 'model_type', e.g. {'model_type': 'llama', ...}")
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def directory_size_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of every file under `path`: what a saved model directory costs to ship."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

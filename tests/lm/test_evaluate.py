@@ -1,0 +1,136 @@
+"""Student evaluation: ROUGE-L by hand, perplexity and agreement against direct loops, batched generation."""
+
+import copy
+import itertools
+import math
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+
+from kdistill.lm.evaluate import (
+    evaluate_student,
+    exact_match,
+    generate_answers,
+    lcs_length,
+    response_perplexity,
+    rouge_l_f1,
+    teacher_agreement,
+)
+from kdistill.lm.models import load_causal_lm
+from kdistill.lm.sft_data import encode_prompt, tokenize_rows
+
+
+@pytest.mark.parametrize(
+    "candidate, reference, expected",
+    [
+        ("the cat sat on the mat", "the cat sat on the mat", 1.0),
+        ("the cat on the mat", "the cat sat on the mat", 10 / 11),  # LCS 5: P = 1, R = 5/6
+        ("a b c d", "d c b a", 0.25),  # LCS 1: P = R = 1/4
+        ("x y z", "a b c", 0.0),
+        ("police killed the gunman", "the gunman kill police", 0.5),  # LCS 2 ("the gunman"): P = R = 1/2
+        ("", "", 1.0),
+        ("", "a b", 0.0),
+        ("a  b\n", " a b", 1.0),  # whitespace-separated words
+    ],
+)
+def test_rouge_l_f1_closed_form(candidate, reference, expected):
+    assert rouge_l_f1(candidate, reference) == pytest.approx(expected)
+
+
+def _lcs_brute_force(a, b):
+    for k in range(min(len(a), len(b)), 0, -1):
+        subs = set(itertools.combinations(a, k))
+        if any(s in subs for s in itertools.combinations(b, k)):
+            return k
+    return 0
+
+
+def test_lcs_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        assert lcs_length(a, b) == lcs_length(b, a) == _lcs_brute_force(a, b)
+
+
+def test_exact_match_ignores_surrounding_whitespace_only():
+    assert exact_match(" yes\n", "yes") and not exact_match("Yes", "yes")
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, rows):
+    return tokenize_rows(tokenizer, rows, max_length=96).examples
+
+
+@torch.no_grad()
+def test_perplexity_equals_a_direct_per_example_computation(tiny_model, examples):
+    nll, n = 0.0, 0
+    for e in examples:  # one unpadded example at a time, token by token
+        logp = torch.log_softmax(tiny_model(torch.tensor([e["input_ids"]])).logits[0].double(), dim=-1)
+        for t in range(1, len(e["labels"])):
+            if e["labels"][t] != -100:
+                nll -= logp[t - 1, e["labels"][t]].item()
+                n += 1
+    result = response_perplexity(tiny_model, examples, pad_token_id=0, batch_size=5)
+    assert result["tokens"] == n
+    assert result["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+@torch.no_grad()
+def test_teacher_agreement_equals_a_direct_count(tiny_model, examples):
+    # a random tied-embedding model predicts "the current token again"; a rescaled final norm breaks that
+    teacher = copy.deepcopy(tiny_model)
+    teacher.model.norm.weight.add_(
+        2.0 * torch.randn(teacher.model.norm.weight.shape, generator=torch.Generator().manual_seed(0))
+    )
+    agree = total = 0
+    for e in examples:
+        ids = torch.tensor([e["input_ids"]])
+        s, t = tiny_model(ids).logits[0].argmax(-1), teacher(ids).logits[0].argmax(-1)
+        for pos in range(1, len(e["labels"])):
+            if e["labels"][pos] != -100:
+                agree += int(s[pos - 1] == t[pos - 1])
+                total += 1
+    assert 0 < agree < total  # two random models agree sometimes: a real test of the counting
+    assert teacher_agreement(tiny_model, teacher, examples, pad_token_id=0, batch_size=6) == pytest.approx(
+        agree / total
+    )
+    assert teacher_agreement(tiny_model, tiny_model, examples, pad_token_id=0) == 1.0
+
+
+@torch.no_grad()
+def test_batched_left_padded_generation_equals_one_at_a_time(model_dir, tokenizer, rows):
+    model = load_causal_lm(model_dir, dtype=torch.float64)  # float64: no near-ties flipped by padding noise
+    batched = generate_answers(model, tokenizer, rows[:6], max_new_tokens=10, batch_size=6)
+    single = [generate_answers(model, tokenizer, [row], max_new_tokens=10, batch_size=1) for row in rows[:6]]
+    assert batched.texts == [s.texts[0] for s in single]
+    assert batched.new_tokens == [s.new_tokens[0] for s in single]
+    assert all(1 <= n <= 10 for n in batched.new_tokens) and batched.seconds > 0
+
+    ids = torch.tensor([encode_prompt(tokenizer, rows[0])])  # greedy by hand, full recomputation
+    for _ in range(batched.new_tokens[0]):
+        ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
+    new = ids[0, -batched.new_tokens[0] :].tolist()
+    assert tokenizer.decode(new, skip_special_tokens=True) == batched.texts[0]
+
+
+def test_evaluate_student_reports_every_metric(tiny_model, tokenizer, rows):
+    own = generate_answers(tiny_model, tokenizer, rows[:4], max_new_tokens=12)
+    mirrored = [{**row, "completion": text} for row, text in zip(rows[:4], own.texts, strict=True)]
+    result = evaluate_student(tiny_model, tokenizer, mirrored, teacher=tiny_model, max_new_tokens=12)
+    # its own greedy answers are what it generates again: a perfect score
+    assert result["exact_match"] == 1.0 and result["rouge_l_f1"] == 1.0 and result["teacher_agreement"] == 1.0
+    assert result["rows"] == 4 and result["answers"] == own.texts
+    assert result["perplexity"] == pytest.approx(math.exp(result["nll_per_token"]))
+    assert result["seconds_per_answer"] > 0 and result["new_tokens_per_second"] > 0
+    result = evaluate_student(tiny_model, tokenizer, rows[:4], generate=False)
+    assert "rouge_l_f1" not in result and "teacher_agreement" not in result and result["perplexity"] > 1
+
+
+def test_evaluate_student_takes_a_datasets_dataset(tiny_model, tokenizer, rows):
+    as_list = evaluate_student(tiny_model, tokenizer, rows[:3], max_new_tokens=4)
+    as_dataset = evaluate_student(tiny_model, tokenizer, Dataset.from_list(rows[:3]), max_new_tokens=4)
+    assert as_dataset["answers"] == as_list["answers"]
+    assert as_dataset["perplexity"] == as_list["perplexity"]

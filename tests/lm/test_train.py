@@ -1,0 +1,219 @@
+"""SFT training: batch-size-invariant loss, exact resume, LoRA, saving, and that it actually learns."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kdistill.lm.evaluate import evaluate_student, response_perplexity
+from kdistill.lm.models import load_causal_lm, model_from_config
+from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
+from kdistill.lm.train import (
+    LoraSettings,
+    SFTConfig,
+    TrainingDiverged,
+    lr_multiplier,
+    response_nll_sum,
+    train_sft,
+)
+from kdistill.training.loop import batch_indices
+
+from .conftest import tiny_llama_config
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, rows):
+    return tokenize_rows(tokenizer, rows, max_length=96).examples
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_response_nll_sum_is_the_masked_token_nll(tiny_model, examples):
+    batch = collate(examples[:3], pad_token_id=0)
+    logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = 0.0
+    for b in range(3):
+        for t in range(1, batch["labels"].shape[1]):
+            if (label := batch["labels"][b, t].item()) != -100:
+                expected -= torch.log_softmax(logits[b, t - 1].double(), dim=-1)[label].item()
+    assert response_nll_sum(logits, batch["labels"]).item() == pytest.approx(expected, rel=1e-5)
+    assert response_nll_sum(logits, torch.full_like(batch["labels"], -100)).item() == 0.0
+
+
+def test_lr_multiplier_warmup_then_decay():
+    kw = {"warmup_steps": 4, "total_steps": 14}
+    assert [lr_multiplier(s, schedule="cosine", **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_multiplier(4, schedule="cosine", **kw) == 1.0
+    assert lr_multiplier(9, schedule="cosine", **kw) == pytest.approx(0.5)
+    assert lr_multiplier(9, schedule="linear", **kw) == pytest.approx(0.5)
+    assert lr_multiplier(14, schedule="cosine", **kw) == pytest.approx(0.0)
+    assert lr_multiplier(14, schedule="linear", min_lr_ratio=0.1, **kw) == pytest.approx(0.1)
+    assert lr_multiplier(13, schedule="constant", **kw) == 1.0
+
+
+@pytest.mark.parametrize("micro, accum", [(1, 4), (2, 2)])
+def test_accumulation_equals_one_big_batch(model_dir, examples, micro, accum):
+    # rows of a window differ in answer length, so a mean of per-micro-batch means would differ
+    rows = batch_indices(0, len(examples), 4, seed=0).tolist()
+    counts = [count_response_tokens(collate([examples[i]], pad_token_id=0)["labels"]) for i in rows]
+    assert len(set(counts)) > 1
+    runs = []
+    for mb, ga in [(4, 1), (micro, accum)]:
+        model = load_causal_lm(model_dir, dtype=torch.float64)
+        cfg = SFTConfig(
+            steps=3, micro_batch_size=mb, grad_accum=ga, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
+        )
+        result = train_sft(model, examples, cfg, pad_token_id=0)
+        runs.append((result.history, _params(result.model)))
+    (h_big, w_big), (h_acc, w_acc) = runs
+    assert [h["loss"] for h in h_acc] == pytest.approx([h["loss"] for h in h_big], rel=1e-9)
+    assert [h["tokens"] for h in h_acc] == [h["tokens"] for h in h_big]
+    for name in w_big:
+        assert torch.allclose(w_acc[name], w_big[name], rtol=0, atol=1e-6), name
+    assert not torch.equal(
+        w_big["model.layers.0.mlp.up_proj.weight"],
+        _params(load_causal_lm(model_dir))["model.layers.0.mlp.up_proj.weight"].double(),
+    )
+
+
+def _dropout_model(tokenizer):
+    # attention dropout consumes torch's RNG every step: resume must restore it
+    return model_from_config(tiny_llama_config(len(tokenizer), dropout=0.2), seed=3)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokenizer, examples, stop_at):
+    cfg = SFTConfig(
+        steps=6,
+        micro_batch_size=2,
+        grad_accum=2,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=2,
+        checkpoint_every=2,
+        seed=1,
+    )
+    torch.manual_seed(0)
+    full = train_sft(_dropout_model(tokenizer), examples, cfg, pad_token_id=0)
+
+    torch.manual_seed(0)
+    part = train_sft(
+        _dropout_model(tokenizer), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path, stop_after=stop_at
+    )
+    assert (part.steps_done, part.finished) == (stop_at, False)
+    torch.manual_seed(123)  # a new process would not share the interrupted one's RNG
+    resumed = train_sft(_dropout_model(tokenizer), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path)
+    assert resumed.finished and resumed.steps_done == 6
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert resumed.history == full.history
+
+
+def test_lora_trains_only_adapters_and_saves_a_plain_merged_model(tmp_path, model_dir, tokenizer, examples):
+    original = _params(load_causal_lm(model_dir))
+    lora = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    cfg = SFTConfig(steps=4, micro_batch_size=4, lr=1e-2, checkpoint_every=2, lora=lora)
+    part = train_sft(
+        load_causal_lm(model_dir), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path / "ck", stop_after=2
+    )
+    adapted = part.model.state_dict()
+    lora_b = [k for k in adapted if "lora_B" in k]
+    assert lora_b and all(adapted[k].abs().sum() > 0 for k in lora_b)  # B starts at zero: it trained
+    for name, value in adapted.items():
+        if "lora_" not in name:  # base weights are untouched before the merge
+            base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(value, original[base_name]), name
+    ckpt = json.loads((tmp_path / "ck" / "step-000000002" / "state.json").read_text())
+    assert "lora_A" in json.dumps(ckpt["state"]) and "mlp" not in json.dumps(ckpt["state"])  # adapters only
+
+    out = tmp_path / "student"
+    done = train_sft(
+        load_causal_lm(model_dir),
+        examples,
+        cfg,
+        pad_token_id=0,
+        tokenizer=tokenizer,
+        output_dir=out,
+        checkpoint_dir=tmp_path / "ck",
+    )
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no peft
+    merged = reloaded.state_dict()
+    assert set(merged) == set(original)
+    changed = {k for k in merged if not torch.equal(merged[k], original[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+    ids = torch.tensor([examples[0]["input_ids"]])
+    assert torch.equal(reloaded(ids).logits, done.model(ids).logits)
+
+
+def test_saved_model_reloads_with_identical_logits(tmp_path, tiny_model, tokenizer, examples):
+    cfg = SFTConfig(steps=2, micro_batch_size=4, lr=1e-3, log_every=1)
+    seen = []
+    result = train_sft(
+        tiny_model,
+        examples,
+        cfg,
+        pad_token_id=0,
+        tokenizer=tokenizer,
+        output_dir=tmp_path / "out",
+        on_log=seen.append,
+    )
+    assert result.output_dir == tmp_path / "out" and seen == result.history and len(seen) == 2
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    batch = collate(examples[:3], pad_token_id=0)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    assert torch.equal(reloaded(**inputs).logits, result.model(**inputs).logits)
+    assert json.loads((tmp_path / "out" / "sft_history.json").read_text()) == json.loads(
+        json.dumps(result.history)
+    )
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+
+
+def test_sft_memorises_a_tiny_dataset(model_dir, tokenizer, rows, examples):
+    model = load_causal_lm(model_dir)
+    before = response_perplexity(model, examples, pad_token_id=0)["perplexity"]
+    logged = []
+    cfg = SFTConfig(steps=100, micro_batch_size=8, lr=1e-2, warmup_steps=5, log_every=25, eval_every=50)
+    result = train_sft(
+        model,
+        examples,
+        cfg,
+        pad_token_id=0,
+        evaluate=lambda m: {"ppl": response_perplexity(m, examples, pad_token_id=0)["perplexity"]},
+        on_log=logged.append,
+    )
+    after = response_perplexity(result.model, examples, pad_token_id=0)["perplexity"]
+    assert before > 200  # about the vocabulary size (512): an untrained model knows nothing
+    assert after < 2, (before, after)
+    assert [e["step"] for e in logged] == [25, 50, 75, 100]
+    assert logged[-1]["eval"]["ppl"] == pytest.approx(after)
+    assert logged[-1]["loss"] < logged[0]["loss"] / 3
+    # and it answers like the teacher when prompted the way generation prompts it
+    scores = evaluate_student(result.model, tokenizer, rows, max_new_tokens=24)
+    assert scores["rouge_l_f1"] > 0.5, scores["answers"]
+
+
+def test_bf16_autocast_trains_and_gives_back_a_plain_float32_model(tiny_model, examples):
+    before = tiny_model.model.layers[0].mlp.up_proj.weight.clone()
+    result = train_sft(tiny_model, examples, SFTConfig(steps=2, mixed_precision="bf16"), pad_token_id=0)
+    assert math.isfinite(result.history[-1]["loss"])
+    assert not torch.equal(result.model.model.layers[0].mlp.up_proj.weight, before)
+    assert next(result.model.parameters()).dtype == torch.float32  # master weights stay float32
+    seen = []  # accelerate casts outputs back to float32, so look inside: no autocast left around forward
+    result.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    result.model(torch.tensor([examples[0]["input_ids"]]))
+    assert seen == [torch.float32]
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tiny_model, examples):
+    with torch.no_grad():
+        tiny_model.model.norm.weight.fill_(math.nan)
+    with pytest.raises(TrainingDiverged, match="not finite at step 1"):
+        train_sft(tiny_model, examples, SFTConfig(steps=2), pad_token_id=0)
+    with pytest.raises(ValueError, match="grad_accum"):
+        SFTConfig(grad_accum=0)
