@@ -191,10 +191,13 @@ def stable_hash(data: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_validation_errors(
+    err: ValidationError, source: str, *, prefix: tuple[str, ...] = (), hide: tuple[str, ...] = ()
+) -> str:
+    """One line per problem: `source: field.path: what was expected`. `hide` drops union tags from paths."""
     lines = []
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        path = ".".join([*prefix, *(str(p) for p in e["loc"] if p not in hide)]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -224,7 +227,7 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig
             return LMRunConfig.model_validate(data)
         return RunConfig.model_validate({k: v for k, v in data.items() if k != "task"})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_validation_errors(err, source)) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -256,6 +259,16 @@ def _list_index(part: str, key: str) -> int:
     return int(part)
 
 
+def parse_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load (a config never builds objects) with errors that name the file, line and column."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+
+
 def builtin_recipes() -> list[str]:
     return sorted(
         p.name.removesuffix(".yaml")
@@ -279,12 +292,7 @@ def load_config(
         raise ConfigError(
             f"{name}: no such file, and not a built-in recipe (built-in: {', '.join(builtin_recipes())})"
         )
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+    data = parse_yaml(text, source)
     if overrides:
         data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
     return parse_config(data, source)

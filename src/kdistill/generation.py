@@ -210,10 +210,9 @@ def load_generation_config(
     another `kind` replaces the file's teacher instead of merging into it. Raises `ConfigError` with one
     line per problem, each naming the file and the field path (`my.yaml: generation.teacher.model: ...`).
     """
-    import yaml
     from pydantic import ValidationError
 
-    from kdistill.config import ConfigError
+    from kdistill.config import ConfigError, format_validation_errors, parse_yaml
 
     data: dict[str, Any] = {}
     source = "command line"
@@ -223,12 +222,7 @@ def load_generation_config(
             text = Path(path).read_text()
         except OSError as err:
             raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-            raise ConfigError(f"{path}:{where} invalid YAML: {getattr(err, 'problem', err)}") from None
+        loaded = parse_yaml(text, str(path))
         if not isinstance(loaded, dict) or "generation" not in loaded:
             raise ConfigError(f"{path}: expected a mapping with a 'generation:' section")
         if not isinstance(loaded["generation"], dict):
@@ -238,19 +232,8 @@ def load_generation_config(
     try:
         return GenerationConfig.model_validate(data)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = [str(x) for x in e["loc"] if x not in ("openai", "hf_local")]  # drop union tags
-            field_path = ".".join(["generation", *loc])
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = "unknown key"
-            elif e["type"] == "missing":
-                msg = "required field missing"
-            elif e["type"] not in ("value_error",) and not isinstance(e.get("input"), dict | list):
-                msg = f"{msg} (got {e.get('input')!r})"
-            lines.append(f"{source}: {field_path}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        message = format_validation_errors(err, source, prefix=("generation",), hide=("openai", "hf_local"))
+        raise ConfigError(message) from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

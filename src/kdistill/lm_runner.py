@@ -172,6 +172,8 @@ def run_lm(
     console: Console | None = None,
     stop_after: int | None = None,
 ) -> RunResult:
+    from transformers.utils import logging as hf_logging
+
     from kdistill.data import load_generations
     from kdistill.lm.evaluate import evaluate_student
     from kdistill.lm.models import load_causal_lm, load_tokenizer, model_from_config, size_on_disk_bytes
@@ -179,6 +181,7 @@ def run_lm(
     from kdistill.lm.sft_data import tokenize_rows
     from kdistill.lm.train import LoraSettings, SFTConfig, train_sft
 
+    hf_logging.disable_progress_bar()  # kdistill's own progress bars say what is happening
     cache_root = cache_root or default_cache_root()
     existing = None if fresh else find_unfinished_run(runs_dir, cfg)
     run_dir = existing or new_run_dir(runs_dir, cfg.name)
