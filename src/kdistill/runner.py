@@ -256,6 +256,7 @@ def evaluate_models(cfg: RunConfig, ctx: RunContext, trained: list[TrainedModel]
                 "accuracy_per_seed": accs,
                 "extra_params": runs[0].extra_params,
                 "agreement_with_teacher": agr,
+                "agreement_per_seed": agrees,
                 "agreement_std": agr_std,
                 **describe(runs[0].model),
             }
