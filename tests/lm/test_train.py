@@ -2,9 +2,15 @@
 
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from kdistill.lm.evaluate import evaluate_student, response_perplexity
@@ -217,3 +223,46 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_model, examples):
         train_sft(tiny_model, examples, SFTConfig(steps=2), pad_token_id=0)
     with pytest.raises(ValueError, match="grad_accum"):
         SFTConfig(grad_accum=0)
+
+
+def _torchrun(script_args, nproc):
+    """Run distributed_sft_main.py under torchrun (gloo on CPU), one intra-op thread per process."""
+    with socket.socket() as probe:  # a free port (torchrun's static rendezvous cannot take port 0)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("distributed_sft_main.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    cmd += ["--master_addr=127.0.0.1", f"--master_port={port}", str(script), *map(str, script_args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as err:
+        raise AssertionError(f"torchrun hung: {(err.stderr or b'')[-3000:]!r}") from err
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_take_the_same_steps_as_one_with_accumulation(model_dir, examples, tmp_path):
+    """DDP over 2 processes (gloo), 2 rows each, = 1 process with 2 micro-batches of 2: same losses and
+    weights; and a 2-process run stopped after 2 steps and rerun resumes to the same end."""
+    examples_file = tmp_path / "examples.json"
+    examples_file.write_text(json.dumps([{k: e[k] for k in ("input_ids", "labels")} for e in examples]))
+    model = load_causal_lm(model_dir, dtype=torch.float64)
+    cfg = SFTConfig(
+        steps=4, micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
+    )
+    single = train_sft(model, examples, cfg, pad_token_id=0)
+    expected = _params(single.model)
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun([model_dir, examples_file, straight, 2, 1], nproc=2)
+    _torchrun([model_dir, examples_file, resumed, 2, 1, 2], nproc=2)
+    assert json.loads((resumed / "history.json").read_text())["done"] == 2
+    _torchrun([model_dir, examples_file, resumed, 2, 1], nproc=2)
+
+    for out in (straight, resumed):
+        history = json.loads((out / "history.json").read_text())["history"]
+        assert [h["tokens"] for h in history] == [h["tokens"] for h in single.history]
+        assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in single.history], rel=1e-9)
+        weights = load_file(str(out / "weights.safetensors"))
+        for name, value in expected.items():
+            assert torch.allclose(weights[name], value, rtol=0, atol=1e-9), name

@@ -6,14 +6,23 @@ micro-batch therefore contributes `its nll sum / window token count`, and the gr
 a window is one batch of 8 or 8 micro-batches of 1 (a mean of per-micro-batch means would weight a short
 answer's tokens more than a long one's).
 
-Exact resume: the rows of step s are `batch_indices(s, n, micro_batch_size * grad_accum, seed)`, so the data
-position is the step number; a checkpoint holds the trainable parameters, AdamW's state, the scheduler,
-torch's RNG (dropout) and the running log sums. Device placement and mixed precision come from
-`accelerate.Accelerator` (one process; the CPU when there is no GPU).
+Exact resume: the rows of step s are `batch_indices(s, n, global_batch, seed)`, so the data position is
+the step number; a checkpoint holds the trainable parameters, AdamW's state, the scheduler, torch's RNG
+(dropout, one state per process) and the running log sums. Device placement, mixed precision and data
+parallelism come from `accelerate.Accelerator`.
+
+Several processes (`accelerate launch` or `torchrun`): each optimizer step's window has
+`micro_batch_size * grad_accum * num_processes` rows (the global batch), cut into micro-batches of
+`micro_batch_size`; micro-batch j goes to process j % num_processes. Every process counts the response
+tokens of the whole window (no communication: all hold the examples), scales its nll sum by
+num_processes / window tokens, and DDP's gradient average turns that into exactly the one-process
+gradient. So 2 processes with grad_accum 1 and 1 process with grad_accum 2 take the same steps.
+Only the main process writes checkpoints, evaluates and saves the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import GradientAccumulationPlugin, gather_object
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
-from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
+from kdistill.lm.sft_data import IGNORE_INDEX, collate
 from kdistill.losses.numerics import compute_dtype
 from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from kdistill.training.loop import TrainingDiverged, batch_indices
@@ -43,6 +52,7 @@ __all__ = [
     "SFTResult",
     "TrainingDiverged",
     "attach_lora",
+    "example_response_tokens",
     "lr_multiplier",
     "merge_lora",
     "response_nll_sum",
@@ -67,7 +77,8 @@ class SFTConfig:
 
     steps: int = 100  # optimizer steps
     micro_batch_size: int = 4  # rows per forward pass
-    grad_accum: int = 1  # micro-batches per optimizer step (the window is micro_batch_size * grad_accum rows)
+    # micro-batches per process per optimizer step; the window is micro_batch_size * grad_accum * processes rows
+    grad_accum: int = 1
     lr: float = 1e-4  # peak learning rate
     warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
     schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
@@ -181,7 +192,7 @@ def save_model(
 
 
 def _make_accelerator(mixed_precision: str) -> Accelerator:
-    """One process, the GPU if there is one; accelerate's own accumulation pinned off.
+    """The GPU if there is one (one per process under `accelerate launch`); accelerate's accumulation off.
 
     num_steps=1 because accelerate's backward divides the loss by its accumulation steps (even when they
     come from the environment): the window normalisation in `train_sft` must be the only one.
@@ -228,6 +239,11 @@ def _load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None
     model.load_state_dict(dict(state), strict=False)
 
 
+def example_response_tokens(example: Mapping[str, Any]) -> int:
+    """Tokens the loss covers in one tokenized example (as count_response_tokens on a batch of it alone)."""
+    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+
+
 def train_sft(
     model: PreTrainedModel,
     examples: Sequence[Mapping[str, Any]],
@@ -246,16 +262,14 @@ def train_sft(
     With `checkpoint_dir`, a rerun resumes from the latest checkpoint and ends with the same weights as an
     uninterrupted run. With `output_dir`, the finished model (LoRA merged) and tokenizer are saved there
     with `save_pretrained`, plus `sft_history.json`. `evaluate(model)` runs every `eval_every` steps and
-    at the end; `on_log(entry)` receives every history entry. `stop_after` ends the run after that many
-    steps (to simulate an interruption); the model is then neither merged nor saved.
+    at the end (main process only); `on_log(entry)` receives every history entry. `stop_after` ends the
+    run after that many steps (to simulate an interruption); the model is then neither merged nor saved.
+    Under `accelerate launch`/`torchrun` every process calls this with the same arguments.
     """
     if not examples:
         raise ValueError("no training examples")
     accelerator = _make_accelerator(cfg.mixed_precision)
-    if accelerator.num_processes > 1:
-        raise NotImplementedError(
-            "train_sft runs in one process: it does not shard the data across processes"
-        )
+    world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.lora is not None:
         model = attach_lora(model, cfg.lora)
     optimizer = _make_optimizer(model, cfg)
@@ -274,43 +288,54 @@ def train_sft(
     params = [p for p in plain.parameters() if p.requires_grad]
 
     start, history = 0, []
-    running = {"nll": 0.0, "tokens": 0}  # sums since the last log entry
+    running = {"nll": 0.0, "tokens": 0}  # sums since the last log entry (over all processes)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and (found := load_latest_checkpoint(ckpt_dir)) is not None:
         start, state = found
         _load_trainable_state(plain, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        rng_states = state["torch_rng"]
+        # one RNG state per process; a resume with another process count reuses the main one (dropout differs)
+        torch.set_rng_state(rng_states[rank] if len(rng_states) == world else rng_states[0])
         if torch.cuda.is_available() and state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         history, running = state["history"], state["running"]
 
-    window = cfg.micro_batch_size * cfg.grad_accum
+    window = cfg.micro_batch_size * cfg.grad_accum * world
     done = start
     model.train()
     for step in range(start, cfg.steps):
         # lr: the scheduler has already set this step's lr on the optimizer.
         rows = batch_indices(step, len(examples), window, cfg.seed).tolist()
-        micro_batches = [
-            collate([examples[i] for i in rows[k : k + cfg.micro_batch_size]], pad_token_id=pad_token_id)
-            for k in range(0, len(rows), cfg.micro_batch_size)
-        ]
-        window_tokens = sum(count_response_tokens(b["labels"]) for b in micro_batches)
+        window_tokens = sum(example_response_tokens(examples[i]) for i in rows)
+        mine = [rows[k : k + cfg.micro_batch_size] for k in range(0, len(rows), cfg.micro_batch_size)]
+        mine = mine[rank::world]
 
-        # step + accumulate: each micro-batch adds its nll sum / the window's token count.
+        # step + accumulate: each micro-batch adds its nll sum / the window's token count (x processes,
+        # which DDP's gradient average divides out again).
         window_nll = 0.0
-        for batch in micro_batches:
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            nll = response_nll_sum(logits, batch["labels"])
-            if not torch.isfinite(nll):
-                raise TrainingDiverged(
-                    f"loss is not finite at step {step + 1} (nll sum {nll.item()}); lower the lr (lr={cfg.lr}) "
-                    "or check the model's dtype (fp16 overflows more easily than bf16)"
-                )
-            accelerator.backward(nll / max(window_tokens, 1))
+        for k, micro_rows in enumerate(mine):
+            batch = collate([examples[i] for i in micro_rows], pad_token_id=pad_token_id)
+            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+            # gradients are all-reduced once per window, after its last micro-batch
+            sync = accelerator.no_sync(model) if k < len(mine) - 1 else contextlib.nullcontext()
+            with sync:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                nll = response_nll_sum(logits, batch["labels"])
+                if not torch.isfinite(nll):
+                    raise TrainingDiverged(
+                        f"loss is not finite at step {step + 1} (nll sum {nll.item()}); lower the lr "
+                        f"(lr={cfg.lr}) or check the model's dtype (fp16 overflows more easily than bf16)"
+                    )
+                accelerator.backward(nll * world / max(window_tokens, 1))
             window_nll += nll.item()
+        if world > 1:
+            window_nll = float(
+                accelerator.reduce(
+                    torch.tensor([window_nll], dtype=torch.float64, device=accelerator.device), "sum"
+                )
+            )
 
         # clip
         grad_norm = None
@@ -342,12 +367,14 @@ def train_sft(
 
         # eval / checkpoint
         if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
-            model.eval()
-            entry["eval"] = dict(evaluate(plain))
-            model.train()
+            if accelerator.is_main_process:
+                model.eval()
+                entry["eval"] = dict(evaluate(plain))
+                model.train()
+            accelerator.wait_for_everyone()
         if len(entry) > 1:
             history.append(entry)
-            if on_log is not None:
+            if on_log is not None and accelerator.is_main_process:
                 on_log(entry)
         if (
             ckpt_dir is not None
@@ -355,19 +382,24 @@ def train_sft(
             and done % cfg.checkpoint_every == 0
             and done < cfg.steps
         ):
-            save_checkpoint(
-                ckpt_dir,
-                done,
-                {
-                    "model": _trainable_state(plain),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    "history": history,
-                    "running": running,
-                },
-            )
+            rng_states = [torch.get_rng_state()]
+            if world > 1:
+                rng_states = [t for per_rank in gather_object([rng_states]) for t in per_rank]
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    ckpt_dir,
+                    done,
+                    {
+                        "model": _trainable_state(plain),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "torch_rng": rng_states,
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "history": history,
+                        "running": running,
+                    },
+                )
+            accelerator.wait_for_everyone()
         if stop_after is not None and done >= stop_after and done < cfg.steps:
             break
 
@@ -379,6 +411,9 @@ def train_sft(
     saved = None
     if output_dir is not None:
         final = merge_lora(final)
-        saved = save_model(final, output_dir, tokenizer)
-        atomic_write_text(saved / "sft_history.json", json.dumps(history, indent=1))
+        if accelerator.is_main_process:
+            saved = save_model(final, output_dir, tokenizer)
+            atomic_write_text(saved / "sft_history.json", json.dumps(history, indent=1))
+        accelerator.wait_for_everyone()
+        saved = Path(output_dir)
     return SFTResult(model=final, history=history, steps_done=done, finished=True, output_dir=saved)
