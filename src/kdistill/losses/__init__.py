@@ -4,16 +4,44 @@ from kdistill.losses.feature import attention_transfer, fitnet_hint
 from kdistill.losses.relation import rkd_angle, rkd_distance, similarity_preserving
 from kdistill.losses.response import cross_entropy, dkd, hinton_kd
 from kdistill.losses.spec import LOSSES, LossSpec
+from kdistill.losses.token import (
+    TOKEN_DIVERGENCES,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_kl,
+    tvd,
+)
+from kdistill.losses.token_sparse import (
+    SPARSE_TOKEN_DIVERGENCES,
+    sparse_forward_kl,
+    sparse_generalized_jsd,
+    sparse_reverse_kl,
+    sparse_skew_kl,
+    sparse_tvd,
+)
 
 __all__ = [
     "LOSSES",
     "LossSpec",
+    "SPARSE_TOKEN_DIVERGENCES",
+    "TOKEN_DIVERGENCES",
     "attention_transfer",
     "cross_entropy",
     "dkd",
     "fitnet_hint",
+    "forward_kl",
+    "generalized_jsd",
     "hinton_kd",
+    "reverse_kl",
     "rkd_angle",
     "rkd_distance",
     "similarity_preserving",
+    "skew_kl",
+    "sparse_forward_kl",
+    "sparse_generalized_jsd",
+    "sparse_reverse_kl",
+    "sparse_skew_kl",
+    "sparse_tvd",
+    "tvd",
 ]
