@@ -7,6 +7,7 @@ bugs show a traceback.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -84,6 +85,8 @@ def run(
         result = run_experiment(cfg, runs_dir=runs_dir, fresh=fresh, console=None if as_json else console)
     except (TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:
         raise _fail(str(err).strip("'\"")) from None
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun / accelerate launch only the main process prints
     if as_json:
         typer.echo(json.dumps(result.metrics, indent=2))
         return
@@ -163,6 +166,16 @@ def _register_generate() -> None:
 
 
 _register_generate()
+
+
+def _register_capture() -> None:
+    # its own module, like generate: the command wires a config to the capture components
+    from kdistill.commands.capture import capture_command
+
+    app.command("capture")(capture_command)
+
+
+_register_capture()
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -183,10 +185,21 @@ def run_lm(
 
     hf_logging.disable_progress_bar()  # kdistill's own progress bars say what is happening
     cache_root = cache_root or default_cache_root()
+    # Under `accelerate launch`/`torchrun` every process runs this function: the main one chooses the run
+    # directory, generates, evaluates and writes; the others train beside it and read its caches.
+    procs = PartialState(cpu=not torch.cuda.is_available())
+    main = procs.is_main_process
     existing = None if fresh else find_unfinished_run(runs_dir, cfg)
-    run_dir = existing or new_run_dir(runs_dir, cfg.name)
+    if main:
+        run_dir = existing or new_run_dir(runs_dir, cfg.name)
+    if procs.num_processes > 1:
+        shared = [str(run_dir) if main else None, existing is not None if main else None]
+        broadcast_object_list(shared)
+        run_dir, existing = Path(shared[0]), shared[1]
+        console = console if main else None
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    atomic_write_text(run_dir / CONFIG, cfg.to_yaml())
+    write = atomic_write_text if main else (lambda *args, **kwargs: None)
+    write(run_dir / CONFIG, cfg.to_yaml())
     manifest: dict[str, Any] = {
         "config_hash": cfg.config_hash(),
         "seeds": [cfg.seed],
@@ -197,12 +210,13 @@ def run_lm(
     if existing:
         manifest["started"] = json.loads((run_dir / MANIFEST).read_text()).get("started", started)
         manifest["resumed_at"] = started
-    atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+    write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     progress = _progress(console)
     with progress if progress is not None else contextlib.nullcontext():
-        store = generate_answers(cfg, resolve_prompts(cfg.prompts.file), cache_root, progress)
+        with procs.main_process_first():  # the others find the main process's answers cached
+            store = generate_answers(cfg, resolve_prompts(cfg.prompts.file), cache_root, progress)
         rows = [dict(r) for r in load_generations(store)]
         train_rows, eval_rows = _split_rows(rows, cfg.prompts.held_out, cfg.prompts.split_seed)
         manifest["data"] = {
@@ -237,7 +251,7 @@ def run_lm(
             student = load_causal_lm(s.model, trust_remote_code=cfg.teacher.trust_remote_code)
         else:
             student = model_from_config(s.config)
-        atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+        write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
         student_size = {
             "params": sum(p.numel() for p in student.parameters()),
             "size_bytes": size_on_disk_bytes(student),
@@ -261,13 +275,15 @@ def run_lm(
                 progress.update(task, total=1, completed=1)
             return result
 
-        before = _cached_eval(
-            run_dir / "eval_student_before.json", lambda: evaluate(student, "student before")
-        )
+        if main:
+            before = _cached_eval(
+                run_dir / "eval_student_before.json", lambda: evaluate(student, "student before")
+            )
 
         tokenized = tokenize_rows(tokenizer, train_rows, max_length=max_len)
         t = cfg.train
-        steps = max(1, math.ceil(t.epochs * len(tokenized.examples) / (t.micro_batch_size * t.grad_accum)))
+        global_batch = t.micro_batch_size * t.grad_accum * procs.num_processes
+        steps = max(1, math.ceil(t.epochs * len(tokenized.examples) / global_batch))
         lora = None
         if s.lora is not None:
             lora = LoraSettings(
@@ -314,7 +330,11 @@ def run_lm(
             if not result.finished:
                 raise RuntimeError("training stopped early (stop_after)")
             student, history = result.model, result.history
-            atomic_write_text(run_dir / "sft_done.json", json.dumps({"history": history, "steps": steps}))
+            write(run_dir / "sft_done.json", json.dumps({"history": history, "steps": steps}))
+        if not main:  # the main process evaluates and reports; the others wait for it and read its metrics
+            procs.wait_for_everyone()
+            metrics = json.loads((run_dir / METRICS).read_text())
+            return RunResult(run_dir=run_dir, metrics=metrics, resumed=existing is not None)
         after = _cached_eval(run_dir / "eval_student_after.json", lambda: evaluate(student, "student after"))
         teacher_eval = _cached_eval(
             run_dir / "eval_teacher.json", lambda: evaluate(teacher, "teacher", with_teacher=True)
@@ -364,6 +384,7 @@ def run_lm(
     }
     write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
     atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))
+    procs.wait_for_everyone()
     return RunResult(run_dir, metrics, existing is not None)
 
 

@@ -105,3 +105,44 @@ def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
     a = AutoModelForCausalLM.from_pretrained(reference.run_dir / "student").state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed.run_dir / "student").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_lm_run_matches_one_process_with_accumulation(tmp_path, tiny_teacher):
+    """`torchrun --nproc_per_node 2 -m kdistill.cli run cfg.yaml`: one run directory, the main process
+    reports, and the student equals a 1-process run whose accumulation makes the same global batch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+
+    teacher, prompts = tiny_teacher
+    cache = tmp_path / "cache"
+    single = run_lm(
+        _config(teacher, prompts, micro_batch_size=2, grad_accum=2),
+        runs_dir=tmp_path / "one",
+        cache_root=cache,
+    )
+    config = _config(teacher, prompts, micro_batch_size=2, grad_accum=1)
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    cmd += [f"--master_port={port}", "-m", "kdistill.cli", "run", str(config_file)]
+    cmd += ["--runs-dir", str(tmp_path / "two"), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KDISTILL_CACHE_DIR": str(cache)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads(done.stdout)  # printed once, by the main process
+    (run_dir,) = list((tmp_path / "two").iterdir())
+    assert metrics["run"]["run_dir"] == str(run_dir)
+    assert len(list((cache / "generations").iterdir())) == 1  # the second process reused the answers
+    a = AutoModelForCausalLM.from_pretrained(single.run_dir / "student").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(run_dir / "student").state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-5), name
