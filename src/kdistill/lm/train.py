@@ -1,6 +1,10 @@
-"""Supervised fine-tuning of a causal LM on teacher answers: lr -> step -> accumulate -> clip -> log -> eval/checkpoint.
+"""Training a causal LM student: lr -> step -> accumulate -> clip -> log -> eval/checkpoint.
 
-The loss is the negative log-likelihood of the response tokens (labels != -100), summed over every token
+`train_objective` is the loop; what it minimises is an `Objective` (an nn.Module owning the student and any
+extra trainable parts) that returns named loss sums per micro-batch. `SFTObjective` (via `train_sft`) is
+supervised fine-tuning on teacher answers; `kdistill.lm.distill` adds the white-box terms.
+
+For SFT the loss is the negative log-likelihood of the response tokens (labels != -100), summed over every token
 of the optimizer step's accumulation window and divided by the number of such tokens in that window. Each
 micro-batch therefore contributes `its nll sum / window token count`, and the gradient is the same whether
 a window is one batch of 8 or 8 micro-batches of 1 (a mean of per-micro-batch means would weight a short
@@ -13,8 +17,8 @@ parallelism come from `accelerate.Accelerator`.
 
 Several processes (`accelerate launch` or `torchrun`): each optimizer step's window has
 `micro_batch_size * grad_accum * num_processes` rows (the global batch), cut into micro-batches of
-`micro_batch_size`; micro-batch j goes to process j % num_processes. Every process counts the response
-tokens of the whole window (no communication: all hold the examples), scales its nll sum by
+`micro_batch_size`; micro-batch j goes to process j % num_processes. The response tokens of the whole
+window are summed over processes (one all-reduce), each process scales its loss sums by
 num_processes / window tokens, and DDP's gradient average turns that into exactly the one-process
 gradient. So 2 processes with grad_accum 1 and 1 process with grad_accum 2 take the same steps.
 Only the main process writes checkpoints, evaluates and saves the model.
@@ -41,22 +45,24 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
-from kdistill.lm.sft_data import IGNORE_INDEX, collate
+from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
 from kdistill.losses.numerics import compute_dtype
 from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from kdistill.training.loop import TrainingDiverged, batch_indices
 
 __all__ = [
+    "Objective",
+    "SFTObjective",
     "LoraSettings",
     "SFTConfig",
     "SFTResult",
     "TrainingDiverged",
     "attach_lora",
-    "example_response_tokens",
     "lr_multiplier",
     "merge_lora",
     "response_nll_sum",
     "save_model",
+    "train_objective",
     "train_sft",
 ]
 
@@ -239,13 +245,48 @@ def _load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None
     model.load_state_dict(dict(state), strict=False)
 
 
-def example_response_tokens(example: Mapping[str, Any]) -> int:
-    """Tokens the loss covers in one tokenized example (as count_response_tokens on a batch of it alone)."""
-    return sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)
+class Objective(nn.Module):
+    """What `train_objective` trains: owns the student (and any extra trainable parts) and scores a batch.
+
+    forward(batch) returns named loss *sums* over the batch's tokens, already weighted; the loop adds
+    them, divides by the window's loss-token count and backpropagates. Everything trainable must be a
+    submodule so that DDP, the optimizer and the checkpoints see it; a teacher must not be one.
+    `prepare_window` may replace a step's micro-batches before they are scored (on-policy sampling).
+    """
+
+    student: nn.Module
+
+    def prepare_window(self, micro_batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        return micro_batches
+
+
+class SFTObjective(Objective):
+    """Negative log-likelihood of the response tokens: learn the teacher's answers as text."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return {"nll": response_nll_sum(logits, batch["labels"])}
 
 
 def train_sft(
     model: PreTrainedModel,
+    examples: Sequence[Mapping[str, Any]],
+    cfg: SFTConfig,
+    **kwargs: Any,
+) -> SFTResult:
+    """Fine-tune `model` (in place) on tokenized `examples` ({"input_ids", "labels"}, from tokenize_rows).
+
+    The keyword arguments are those of `train_objective`.
+    """
+    return train_objective(SFTObjective(model), examples, cfg, **kwargs)
+
+
+def train_objective(
+    objective: Objective,
     examples: Sequence[Mapping[str, Any]],
     cfg: SFTConfig,
     *,
@@ -257,11 +298,11 @@ def train_sft(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
 ) -> SFTResult:
-    """Fine-tune `model` (in place) on tokenized `examples` ({"input_ids", "labels"}, from tokenize_rows).
+    """Train `objective.student` (in place) on tokenized `examples` ({"input_ids", "labels", "record_id"}).
 
     With `checkpoint_dir`, a rerun resumes from the latest checkpoint and ends with the same weights as an
-    uninterrupted run. With `output_dir`, the finished model (LoRA merged) and tokenizer are saved there
-    with `save_pretrained`, plus `sft_history.json`. `evaluate(model)` runs every `eval_every` steps and
+    uninterrupted run. With `output_dir`, the finished student (LoRA merged) and tokenizer are saved there
+    with `save_pretrained`, plus `sft_history.json`. `evaluate(student)` runs every `eval_every` steps and
     at the end (main process only); `on_log(entry)` receives every history entry. `stop_after` ends the
     run after that many steps (to simulate an interruption); the model is then neither merged nor saved.
     Under `accelerate launch`/`torchrun` every process calls this with the same arguments.
@@ -271,8 +312,8 @@ def train_sft(
     accelerator = _make_accelerator(cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.lora is not None:
-        model = attach_lora(model, cfg.lora)
-    optimizer = _make_optimizer(model, cfg)
+        objective.student = attach_lora(objective.student, cfg.lora)
+    optimizer = _make_optimizer(objective, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_multiplier(
@@ -283,12 +324,12 @@ def train_sft(
             min_lr_ratio=cfg.min_lr_ratio,
         ),
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    plain = accelerator.unwrap_model(model)
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    plain: Objective = accelerator.unwrap_model(model)
     params = [p for p in plain.parameters() if p.requires_grad]
 
     start, history = 0, []
-    running = {"nll": 0.0, "tokens": 0}  # sums since the last log entry (over all processes)
+    running: dict[str, Any] = {"terms": {}, "tokens": 0}  # sums since the last log entry (all processes)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and (found := load_latest_checkpoint(ckpt_dir)) is not None:
         start, state = found
@@ -308,34 +349,43 @@ def train_sft(
     for step in range(start, cfg.steps):
         # lr: the scheduler has already set this step's lr on the optimizer.
         rows = batch_indices(step, len(examples), window, cfg.seed).tolist()
-        window_tokens = sum(example_response_tokens(examples[i]) for i in rows)
         mine = [rows[k : k + cfg.micro_batch_size] for k in range(0, len(rows), cfg.micro_batch_size)]
-        mine = mine[rank::world]
+        micro_batches = [_collate_rows(examples, r, pad_token_id) for r in mine[rank::world]]
+        micro_batches = plain.prepare_window(micro_batches, step)
+        window_tokens = _global_sum(
+            accelerator, sum(count_response_tokens(b["labels"]) for b in micro_batches)
+        )
 
-        # step + accumulate: each micro-batch adds its nll sum / the window's token count (x processes,
+        # step + accumulate: each micro-batch adds its loss sums / the window's token count (x processes,
         # which DDP's gradient average divides out again).
-        window_nll = 0.0
-        for k, micro_rows in enumerate(mine):
-            batch = collate([examples[i] for i in micro_rows], pad_token_id=pad_token_id)
-            batch = {key: v.to(accelerator.device) for key, v in batch.items()}
+        window_terms: dict[str, float] = {}
+        for k, batch in enumerate(micro_batches):
+            batch = {
+                key: v.to(accelerator.device) if isinstance(v, Tensor) else v for key, v in batch.items()
+            }
             # gradients are all-reduced once per window, after its last micro-batch
-            sync = accelerator.no_sync(model) if k < len(mine) - 1 else contextlib.nullcontext()
+            sync = accelerator.no_sync(model) if k < len(micro_batches) - 1 else contextlib.nullcontext()
             with sync:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                nll = response_nll_sum(logits, batch["labels"])
-                if not torch.isfinite(nll):
+                terms = model(batch)
+                total = sum(terms.values())
+                if not torch.isfinite(total):
+                    values = {name: float(v) for name, v in terms.items()}
                     raise TrainingDiverged(
-                        f"loss is not finite at step {step + 1} (nll sum {nll.item()}); lower the lr "
+                        f"loss is not finite at step {step + 1} (sums {values}); lower the lr "
                         f"(lr={cfg.lr}) or check the model's dtype (fp16 overflows more easily than bf16)"
                     )
-                accelerator.backward(nll * world / max(window_tokens, 1))
-            window_nll += nll.item()
+                accelerator.backward(total * world / max(window_tokens, 1))
+            for name, value in terms.items():
+                window_terms[name] = window_terms.get(name, 0.0) + value.item()
         if world > 1:
-            window_nll = float(
-                accelerator.reduce(
-                    torch.tensor([window_nll], dtype=torch.float64, device=accelerator.device), "sum"
-                )
+            names = sorted(window_terms)
+            sums = accelerator.reduce(
+                torch.tensor(
+                    [window_terms[n] for n in names], dtype=torch.float64, device=accelerator.device
+                ),
+                "sum",
             )
+            window_terms = dict(zip(names, sums.tolist(), strict=True))
 
         # clip
         grad_norm = None
@@ -353,23 +403,26 @@ def train_sft(
         done = step + 1
 
         # log
-        running["nll"] += window_nll
+        for name, value in window_terms.items():
+            running["terms"][name] = running["terms"].get(name, 0.0) + value
         running["tokens"] += window_tokens
         entry: dict[str, Any] = {"step": done}
         if done % cfg.log_every == 0 or done == cfg.steps:
+            per_token = {name: v / max(running["tokens"], 1) for name, v in running["terms"].items()}
             entry |= {
-                "loss": running["nll"] / max(running["tokens"], 1),  # mean nll per response token
+                "loss": sum(per_token.values()),  # the objective per loss token (SFT: mean response nll)
+                "terms": per_token,
                 "tokens": running["tokens"],
                 "lr": lr,
                 "grad_norm": grad_norm,
             }
-            running = {"nll": 0.0, "tokens": 0}
+            running = {"terms": {}, "tokens": 0}
 
         # eval / checkpoint
         if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
             if accelerator.is_main_process:
                 model.eval()
-                entry["eval"] = dict(evaluate(plain))
+                entry["eval"] = dict(evaluate(plain.student))
                 model.train()
             accelerator.wait_for_everyone()
         if len(entry) > 1:
@@ -404,8 +457,8 @@ def train_sft(
             break
 
     model.eval()
-    # the caller gets its model back without accelerate's autocast wrapper around forward
-    final: nn.Module = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # the caller gets its student back without accelerate's autocast wrapper around forward
+    final: nn.Module = accelerator.unwrap_model(model, keep_fp32_wrapper=False).student
     if done < cfg.steps:
         return SFTResult(model=final, history=history, steps_done=done, finished=False)
     saved = None
@@ -417,3 +470,17 @@ def train_sft(
         accelerator.wait_for_everyone()
         saved = Path(output_dir)
     return SFTResult(model=final, history=history, steps_done=done, finished=True, output_dir=saved)
+
+
+def _collate_rows(examples: Sequence[Mapping[str, Any]], rows: Sequence[int], pad_token_id: int) -> dict:
+    """A micro-batch of these rows, with their record ids (a cached teacher signal joins on them)."""
+    batch: dict[str, Any] = collate([examples[i] for i in rows], pad_token_id=pad_token_id)
+    batch["ids"] = [examples[i].get("record_id", str(i)) for i in rows]
+    return batch
+
+
+def _global_sum(accelerator: Accelerator, value: int) -> int:
+    """`value` summed over processes (itself in one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.reduce(torch.tensor([value], dtype=torch.int64, device=accelerator.device), "sum"))
