@@ -1,0 +1,306 @@
+"""White-box distillation of a causal LM: the student learns the teacher's next-token distributions.
+
+    loss per window = (kd_weight * sum_t div_T(student_t, teacher_t)          token divergence, chunked
+                       + ce_weight * sum_t -log p_student(y_t)                 the answer as text (SFT)
+                       + hidden_weight * sum_t sum_(s->t layers) h(P h_s, h_t)) hidden states, projected
+                      / (response tokens of the whole window, all processes)
+
+`div` is any of `kdistill.losses.token` (an online teacher: its logits) or `kdistill.losses.token_sparse`
+(a cached teacher: its top-k log-probabilities from `kdistill capture`), computed by
+`chunked_distill_loss` from the student's last hidden states and head weights, so the (tokens x vocab)
+logits never exist whole. T is the distillation temperature (`temperature`); the on-policy sampling
+temperature is a separate knob (`on_policy_temperature`).
+
+Teacher signal: `CachedTeacher` joins the stored rows to a batch by record id (never by position) and
+checks their lengths; `OnlineTeacher` runs the teacher under no_grad each step, optionally on another
+device or in lower precision. Teacher and student must share a tokenizer (checked by the runner with
+`kdistill.lm.tokenizers.assert_same_tokenizer`; here the vocabulary sizes must match).
+
+On-policy (GKD, Agarwal et al. 2024): with probability `on_policy_fraction` a step's sequences are the
+student's own answers to the step's prompts (sampled at `on_policy_temperature`), scored by an online
+teacher; the loss then covers the sampled tokens. The choice is a pure function of (seed, step), so a
+resumed run makes the same choices.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kdistill.data.teacher_signal import TeacherSignal
+from kdistill.lm.sft_data import IGNORE_INDEX, collate
+from kdistill.losses.chunked import chunked_distill_loss
+from kdistill.losses.hidden import HIDDEN_LOSSES
+from kdistill.losses.token import TOKEN_DIVERGENCES
+from kdistill.losses.token_sparse import SPARSE_TOKEN_DIVERGENCES
+
+__all__ = [
+    "CachedTeacher",
+    "DistillSettings",
+    "HiddenStateSettings",
+    "OnlineTeacher",
+    "TokenDistillObjective",
+    "backbone_and_head",
+]
+
+
+@dataclass(frozen=True)
+class HiddenStateSettings:
+    """Hidden-state matching: student layer -> teacher layer (hidden_states index: 0 = embeddings,
+    i = output of block i), through a learned linear projection when the widths differ."""
+
+    layer_map: Mapping[int, int]
+    loss: str = "mse"  # mse | cosine
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.layer_map:
+            raise ValueError("HiddenStateSettings.layer_map is empty")
+        if self.loss not in HIDDEN_LOSSES:
+            raise ValueError(
+                f"HiddenStateSettings.loss must be one of {sorted(HIDDEN_LOSSES)}, got {self.loss!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Every knob of the white-box objective, with its default."""
+
+    divergence: str = "forward_kl"  # a name of kdistill.losses.token (sparse variant for a cached teacher)
+    divergence_kwargs: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"beta": 0.5}
+    temperature: float = 1.0  # distillation temperature (softens both sides); not the sampling one
+    scale_by_t2: bool = False  # multiply the divergence by T^2
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0  # weight of the SFT term on the same tokens
+    chunk_size: int = 1024  # tokens per chunk of the head matmul
+    hidden: HiddenStateSettings | None = None
+    on_policy_fraction: float = 0.0  # GKD's lambda: share of steps trained on the student's own samples
+    on_policy_max_new_tokens: int = 64
+    on_policy_temperature: float = 1.0  # sampling temperature of those samples
+    seed: int = 0  # decides which steps are on-policy
+
+    def __post_init__(self) -> None:
+        TOKEN_DIVERGENCES.get(self.divergence)  # unknown name: a did-you-mean error
+        if not self.temperature > 0:
+            raise ValueError(f"DistillSettings.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.on_policy_fraction <= 1.0:
+            raise ValueError(
+                f"DistillSettings.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}"
+            )
+        if self.kd_weight < 0 or self.ce_weight < 0:
+            raise ValueError("DistillSettings weights must be >= 0")
+        if self.chunk_size < 1 or self.on_policy_max_new_tokens < 1:
+            raise ValueError("DistillSettings.chunk_size and on_policy_max_new_tokens must be >= 1")
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack (returns last_hidden_state, after the final norm) and the output head of a
+    transformers causal LM, through a peft wrapper if there is one."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = core.base_model, core.get_output_embeddings()
+    if backbone is core or head is None:
+        raise ValueError(f"{type(core).__name__} is not a causal LM with a separate backbone and output head")
+    return backbone, head
+
+
+class CachedTeacher:
+    """A teacher signal captured once (`kdistill capture`): top-k log-probabilities per token."""
+
+    def __init__(self, signal: TeacherSignal) -> None:
+        self.signal = signal
+
+    def topk(self, ids: Sequence[str], lengths: Sequence[int], width: int, device: torch.device) -> dict:
+        rows = self.signal.batch(ids, lengths=lengths, pad_to=width)
+        return {k: v.to(device) for k, v in rows.items()}
+
+
+class OnlineTeacher:
+    """A teacher model run under no_grad each step; `device`/`dtype` let it live apart from the student."""
+
+    def __init__(
+        self, model: nn.Module, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ):
+        self.model = model.eval().requires_grad_(False)
+        if dtype is not None:
+            self.model.to(dtype=dtype)
+        if device is not None:
+            self.model.to(device)
+        self.backbone, self.head = backbone_and_head(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, *, all_layers: bool) -> Any:
+        return self.backbone(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            output_hidden_states=all_layers,
+        )
+
+
+class TokenDistillObjective(nn.Module):
+    """The white-box objective for `kdistill.lm.train.train_objective`; owns the student and projections."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        settings: DistillSettings,
+        *,
+        teacher: CachedTeacher | OnlineTeacher,
+        pad_token_id: int,
+        eos_token_id: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.settings = settings
+        self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
+        self._teacher = (teacher,)  # a tuple: the teacher must not become a submodule (DDP, optimizer)
+        online = isinstance(teacher, OnlineTeacher)
+        if settings.on_policy_fraction > 0 and not online:
+            raise ValueError(
+                "on-policy distillation needs an online teacher: a cached signal has no rows for "
+                "the student's own samples"
+            )
+        if settings.hidden is not None and not online:
+            raise ValueError(
+                "hidden-state distillation needs an online teacher (the cache holds top-k logits only)"
+            )
+        if not online:
+            SPARSE_TOKEN_DIVERGENCES.get(settings.divergence)
+        _, student_head = backbone_and_head(student)
+        if online and teacher.head.weight.shape[0] != student_head.weight.shape[0]:
+            raise ValueError(
+                f"teacher vocabulary {teacher.head.weight.shape[0]} != student vocabulary "
+                f"{student_head.weight.shape[0]}: teacher and student must share a tokenizer "
+                "(cross-tokenizer distillation is not supported yet)"
+            )
+        self.projections = nn.ModuleDict()
+        if settings.hidden is not None:
+            s_width = student.config.hidden_size
+            t_width = teacher.model.config.hidden_size
+            for s_layer in settings.hidden.layer_map:
+                like = next(student.parameters())
+                proj = (
+                    nn.Linear(s_width, t_width, bias=False, dtype=like.dtype, device=like.device)
+                    if s_width != t_width
+                    else nn.Identity()
+                )
+                self.projections[str(s_layer)] = proj
+
+    @property
+    def teacher(self) -> CachedTeacher | OnlineTeacher:
+        return self._teacher[0]
+
+    def extra_parameters(self) -> int:
+        return sum(p.numel() for p in self.projections.parameters())
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        s = self.settings
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        want_layers = s.hidden is not None
+        backbone, head = backbone_and_head(self.student)
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=want_layers)
+        # position t predicts token t + 1: the loss rows are 0 .. T-2, their targets 1 .. T-1
+        targets = labels[:, 1:]
+        mask = targets != IGNORE_INDEX
+        hidden = out.last_hidden_state[:, :-1]
+        teacher_kwargs: dict[str, Any] = {}
+        t_out = None
+        if isinstance(self.teacher, OnlineTeacher):
+            t_out = self.teacher.hidden_states(input_ids, attention_mask, all_layers=want_layers)
+            teacher_kwargs = {
+                "teacher_hidden": t_out.last_hidden_state[:, :-1].to(hidden.device),
+                "teacher_head": self.teacher.head.weight.to(hidden.device),
+                "teacher_head_bias": None
+                if self.teacher.head.bias is None
+                else self.teacher.head.bias.to(hidden.device),
+            }
+            divergence = s.divergence
+        else:
+            lengths = attention_mask.sum(dim=1).tolist()
+            rows = self.teacher.topk(batch["ids"], lengths, input_ids.shape[1], hidden.device)
+            teacher_kwargs = {
+                "teacher_ids": rows["topk_ids"][:, :-1].long(),
+                "teacher_logprobs": rows["topk_logprobs"][:, :-1],
+            }
+            mask = mask & rows["valid"][:, :-1]
+            divergence = s.divergence
+        result = chunked_distill_loss(
+            hidden,
+            head.weight,
+            student_head_bias=head.bias,
+            divergence=divergence,
+            divergence_kwargs=dict(s.divergence_kwargs),
+            labels=targets if s.ce_weight > 0 else None,
+            mask=mask,
+            temperature=s.temperature,
+            scale_by_t2=s.scale_by_t2,
+            num_tokens=1,  # a sum: the loop divides by the window's token count
+            chunk_size=s.chunk_size,
+            **teacher_kwargs,
+        )
+        terms = {f"kd/{s.divergence}": s.kd_weight * result.divergence}
+        if s.ce_weight > 0:
+            terms["ce"] = s.ce_weight * result.nll_sum
+        if s.hidden is not None:
+            hidden_loss = HIDDEN_LOSSES[s.hidden.loss]
+            total = hidden.new_zeros((), dtype=torch.float32)
+            for s_layer, t_layer in s.hidden.layer_map.items():
+                projected = self.projections[str(s_layer)](out.hidden_states[s_layer][:, :-1])
+                target = t_out.hidden_states[t_layer][:, :-1].to(projected.device)
+                total = total + hidden_loss(projected, target, mask=mask, reduction="sum")
+            terms[f"hidden/{s.hidden.loss}"] = s.hidden.weight * total
+        return terms
+
+    # -- on-policy ------------------------------------------------------------------------------------
+
+    def prepare_window(self, micro_batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        s = self.settings
+        if s.on_policy_fraction == 0 or random.Random(f"{s.seed}:{step}").random() >= s.on_policy_fraction:
+            return micro_batches
+        return [self._student_samples(b) for b in micro_batches]
+
+    @torch.no_grad()
+    def _student_samples(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch's prompts answered by the student itself; the loss covers the sampled tokens."""
+        prompts = []
+        for ids, labels, keep in zip(
+            batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True
+        ):
+            answer = (labels != IGNORE_INDEX).nonzero()
+            end = int(answer[0]) if len(answer) else int(keep.sum())
+            prompts.append(ids[:end].tolist())
+        width = max(len(p) for p in prompts)
+        device = next(self.student.parameters()).device
+        # left padding: every prompt ends where generation starts
+        input_ids = torch.tensor([[self.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        was_training = self.student.training
+        self.student.eval()
+        generated = self.student.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            do_sample=True,
+            temperature=self.settings.on_policy_temperature,
+            top_k=0,
+            max_new_tokens=self.settings.on_policy_max_new_tokens,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+        )[:, width:]
+        self.student.train(was_training)
+        rows = []
+        for prompt, new in zip(prompts, generated.tolist(), strict=True):
+            if self.eos_token_id is not None and self.eos_token_id in new:
+                new = new[: new.index(self.eos_token_id) + 1]  # keep the eos: the student learns to stop
+            rows.append({"input_ids": prompt + new, "labels": [IGNORE_INDEX] * len(prompt) + new})
+        out: dict[str, Any] = collate(rows, pad_token_id=self.pad_token_id)
+        out["ids"] = list(batch["ids"])
+        out["on_policy"] = True
+        return out

@@ -1,0 +1,227 @@
+"""White-box LM distillation: the objective's terms against independent computations, cached == online at
+full k, accumulation invariance, kill-and-resume, hidden states with projections, on-policy samples."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdistill.data.teacher_signal import TeacherSignal
+from kdistill.lm.capture import capture_topk
+from kdistill.lm.distill import (
+    CachedTeacher,
+    DistillSettings,
+    HiddenStateSettings,
+    OnlineTeacher,
+    TokenDistillObjective,
+)
+from kdistill.lm.models import load_causal_lm, model_from_config
+from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
+from kdistill.lm.train import SFTConfig, train_objective
+from kdistill.losses.hidden import hidden_cosine, hidden_mse
+
+from .conftest import tiny_llama_config
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer, rows):
+    return tokenize_rows(tokenizer, rows, max_length=96).examples
+
+
+@pytest.fixture(scope="module")
+def teacher(model_dir):
+    return load_causal_lm(model_dir, dtype=torch.float64)
+
+
+def _student(tokenizer, *, hidden=32, seed=1, dtype=torch.float64):
+    config = tiny_llama_config(len(tokenizer), layers=2) | {
+        "hidden_size": hidden,
+        "intermediate_size": 2 * hidden,
+    }
+    return model_from_config(config, seed=seed).to(dtype)
+
+
+@pytest.fixture(scope="module")
+def full_signal(teacher, examples, tmp_path_factory):
+    """The teacher's whole distribution (k = vocabulary) captured to a store."""
+    store = tmp_path_factory.mktemp("signal")
+    k = teacher.config.vocab_size
+    capture_topk(
+        teacher, examples, store, k=k, key_inputs={"teacher": "tiny", "tokenizer": "tiny"}, shard_examples=4
+    )
+    return TeacherSignal(store)
+
+
+def _batch(examples, rows):
+    batch = collate([examples[i] for i in rows], pad_token_id=0)
+    batch["ids"] = [examples[i]["record_id"] for i in rows]
+    return batch
+
+
+def _reference_kd_sum(student, teacher, batch, temperature):
+    """sum over response positions of KL(p_teacher || p_student) at temperature T, from full logits."""
+    s_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    with torch.no_grad():
+        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[
+            :, :-1
+        ]
+    mask = batch["labels"][:, 1:] != -100
+    log_ps = F.log_softmax(s_logits.double() / temperature, -1)[mask]
+    log_pt = F.log_softmax(t_logits.double() / temperature, -1)[mask]
+    return (log_pt.exp() * (log_pt - log_ps)).sum()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kd_term_is_the_summed_forward_kl_and_cached_equals_online(
+    tokenizer, teacher, examples, full_signal, temperature
+):
+    student = _student(tokenizer)
+    batch = _batch(examples, [0, 3, 5])
+    settings = DistillSettings(temperature=temperature, chunk_size=7, ce_weight=0.5)
+    online = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
+    cached = TokenDistillObjective(student, settings, teacher=CachedTeacher(full_signal), pad_token_id=0)
+
+    expected = _reference_kd_sum(student, teacher, batch, temperature)
+    (expected_grad,) = torch.autograd.grad(expected, student.model.layers[0].mlp.up_proj.weight)
+    logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected_ce = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+    )
+    for objective in (online, cached):
+        terms = objective(batch)
+        assert set(terms) == {"kd/forward_kl", "ce"}
+        assert terms["kd/forward_kl"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert terms["ce"].item() == pytest.approx(0.5 * expected_ce.item(), rel=1e-6)
+        (grad,) = torch.autograd.grad(terms["kd/forward_kl"], student.model.layers[0].mlp.up_proj.weight)
+        assert torch.allclose(grad, expected_grad, atol=1e-8)
+
+
+def test_cached_signal_is_joined_by_record_id_not_position(tokenizer, teacher, examples, full_signal):
+    student = _student(tokenizer)
+    objective = TokenDistillObjective(
+        student, DistillSettings(), teacher=CachedTeacher(full_signal), pad_token_id=0
+    )
+    batch = _batch(examples, [4, 1])
+    swapped = dict(batch, ids=list(reversed(batch["ids"])))
+    with pytest.raises(ValueError, match="tokens but its teacher signal"):
+        objective(swapped)  # the other example's rows have another length: refused, not misaligned
+    unknown = dict(batch, ids=["nope", batch["ids"][1]])
+    with pytest.raises(KeyError, match="'nope' has no teacher signal"):
+        objective(unknown)
+
+
+def test_window_normalisation_makes_accumulation_invisible(tokenizer, teacher, examples):
+    """KD + CE + hidden-state terms: 1 micro-batch of 4 rows == 4 micro-batches of 1 row."""
+    hidden = HiddenStateSettings(layer_map={1: 2, 2: 4}, loss="mse", weight=0.3)
+    settings = DistillSettings(ce_weight=0.5, hidden=hidden, divergence="generalized_jsd", chunk_size=16)
+    weights = []
+    for mb, ga in [(4, 1), (1, 4)]:
+        student = _student(tokenizer, hidden=24)
+        torch.manual_seed(0)  # the projections' initialisation
+        objective = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
+        assert objective.extra_parameters() == 2 * 24 * 32  # two 24 -> 32 projections
+        cfg = SFTConfig(steps=3, micro_batch_size=mb, grad_accum=ga, lr=1e-2, log_every=1, grad_clip=0.5)
+        result = train_objective(objective, examples, cfg, pad_token_id=0)
+        weights.append(({k: v.clone() for k, v in objective.state_dict().items()}, result.history))
+    (w_big, h_big), (w_acc, h_acc) = weights
+    assert [h["loss"] for h in h_acc] == pytest.approx([h["loss"] for h in h_big], rel=1e-9)
+    assert set(h_big[0]["terms"]) == {"kd/generalized_jsd", "ce", "hidden/mse"}
+    for name in w_big:
+        assert torch.allclose(w_acc[name], w_big[name], atol=1e-9), name
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tokenizer, teacher, examples, full_signal):
+    student = _student(tokenizer)
+    batch = _batch(examples, list(range(8)))
+    before = _reference_kd_sum(student, teacher, batch, 1.0).item()
+    objective = TokenDistillObjective(
+        student, DistillSettings(), teacher=CachedTeacher(full_signal), pad_token_id=0
+    )
+    train_objective(objective, examples, SFTConfig(steps=15, micro_batch_size=4, lr=1e-2), pad_token_id=0)
+    assert _reference_kd_sum(student, teacher, batch, 1.0).item() < 0.8 * before
+
+
+def test_interrupted_distillation_resumes_to_the_same_weights(
+    tokenizer, teacher, examples, full_signal, tmp_path
+):
+    cfg = SFTConfig(steps=6, micro_batch_size=2, grad_accum=2, lr=1e-2, checkpoint_every=2)
+    settings = DistillSettings(divergence="skew_kl", divergence_kwargs={"alpha": 0.1}, temperature=2.0)
+
+    def objective():
+        return TokenDistillObjective(
+            _student(tokenizer), settings, teacher=CachedTeacher(full_signal), pad_token_id=0
+        )
+
+    straight = train_objective(objective(), examples, cfg, pad_token_id=0)
+    part = train_objective(objective(), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path, stop_after=3)
+    assert not part.finished and part.steps_done == 3
+    resumed = train_objective(objective(), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_on_policy_steps_train_on_the_students_own_samples(tokenizer, teacher, examples):
+    settings = DistillSettings(on_policy_fraction=1.0, on_policy_max_new_tokens=5, seed=3)
+    student = _student(tokenizer, dtype=torch.float32)
+    objective = TokenDistillObjective(
+        student, settings, teacher=OnlineTeacher(teacher, dtype=torch.float32), pad_token_id=0, eos_token_id=2
+    )
+    batch = _batch(examples, [0, 1, 2])
+    (sampled,) = objective.prepare_window([batch], step=0)
+    assert sampled["on_policy"] and sampled["ids"] == batch["ids"]
+    for i in range(3):
+        prompt_len = int((batch["labels"][i] == -100).logical_and(batch["attention_mask"][i] == 1).sum())
+        assert torch.equal(sampled["input_ids"][i, :prompt_len], batch["input_ids"][i, :prompt_len])
+        answer = sampled["labels"][i][sampled["labels"][i] != -100]
+        assert 1 <= len(answer) <= 5  # only the sampled tokens carry the loss
+        assert torch.equal(answer, sampled["input_ids"][i, prompt_len : prompt_len + len(answer)])
+    assert count_response_tokens(sampled["labels"]) > 0
+    terms = objective(sampled)
+    assert torch.isfinite(terms["kd/forward_kl"]) and terms["kd/forward_kl"] > 0
+    # lambda = 0.5: which steps are on-policy is a function of (seed, step), the same on every rerun
+    half = TokenDistillObjective(
+        student,
+        DistillSettings(on_policy_fraction=0.5, on_policy_max_new_tokens=2),
+        teacher=OnlineTeacher(teacher, dtype=torch.float32),
+        pad_token_id=0,
+    )
+    flags = [half.prepare_window([batch], s)[0] is not batch for s in range(40)]
+    assert 8 < sum(flags) < 32
+    assert flags == [half.prepare_window([batch], s)[0] is not batch for s in range(40)]
+
+
+def test_configuration_errors_are_explained(tokenizer, teacher, full_signal):
+    with pytest.raises(ValueError, match="online teacher"):
+        TokenDistillObjective(
+            _student(tokenizer),
+            DistillSettings(on_policy_fraction=0.5),
+            teacher=CachedTeacher(full_signal),
+            pad_token_id=0,
+        )
+    other_vocab = model_from_config(tiny_llama_config(300, layers=1), seed=0).double()
+    with pytest.raises(ValueError, match="must share a tokenizer"):
+        TokenDistillObjective(other_vocab, DistillSettings(), teacher=OnlineTeacher(teacher), pad_token_id=0)
+    with pytest.raises(KeyError, match="did you mean 'forward_kl'"):
+        DistillSettings(divergence="forward_kll")
+
+
+def test_hidden_state_losses_match_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    s, t = (
+        torch.randn(2, 3, 5, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 5, generator=g, dtype=torch.float64),
+    )
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    per_mse = [((s[b, i] - t[b, i]) ** 2).mean().item() for b in range(2) for i in range(3) if mask[b, i]]
+    assert hidden_mse(s, t, mask=mask).item() == pytest.approx(sum(per_mse) / 4)
+    cos = [
+        1 - (s[b, i] @ t[b, i] / (s[b, i].norm() * t[b, i].norm())).item()
+        for b in range(2)
+        for i in range(3)
+        if mask[b, i]
+    ]
+    assert hidden_cosine(s, t, mask=mask, reduction="sum").item() == pytest.approx(sum(cos))
+    assert hidden_cosine(3.0 * t, t).item() == pytest.approx(0.0, abs=1e-12)  # scale-free
+    assert hidden_mse(s, t, mask=torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
+    with pytest.raises(ValueError, match="project the student"):
+        hidden_mse(s, t[..., :4])
