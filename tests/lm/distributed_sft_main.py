@@ -1,7 +1,9 @@
 """train_sft in one process of a torchrun group; the test compares what the main process saves.
 
 Usage: torchrun --nproc_per_node=N distributed_sft_main.py MODEL_DIR EXAMPLES_JSON OUT_DIR MICRO ACCUM
-[STOP_AFTER]. Every process trains; the main one writes OUT_DIR/weights.safetensors and history.json.
+[STOP_AFTER|-] [sft|kd]. Every process trains; the main one writes OUT_DIR/weights.safetensors and
+history.json. sft fine-tunes MODEL_DIR's model; kd distils it (online teacher, forward KL + CE) into
+`kd_student(teacher)`.
 """
 
 import json
@@ -11,14 +13,24 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from kdistill.lm.models import load_causal_lm
-from kdistill.lm.train import SFTConfig, train_sft
+from kdistill.lm.distill import DistillSettings, OnlineTeacher, TokenDistillObjective
+from kdistill.lm.models import load_causal_lm, model_from_config
+from kdistill.lm.train import SFTConfig, SFTObjective, train_objective
+
+KD = DistillSettings(divergence="forward_kl", temperature=2.0, ce_weight=0.5, chunk_size=16)
+
+
+def kd_student(teacher):
+    """A 2-layer student with the teacher's vocabulary, the same in every process."""
+    config = teacher.config.to_dict() | {"num_hidden_layers": 2}
+    return model_from_config(config, seed=1).to(teacher.dtype)
 
 
 def main() -> None:
     model_dir, examples_file, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     micro, accum = int(sys.argv[4]), int(sys.argv[5])
-    stop_after = int(sys.argv[6]) if len(sys.argv) > 6 else None
+    stop_after = int(sys.argv[6]) if len(sys.argv) > 6 and sys.argv[6] != "-" else None
+    mode = sys.argv[7] if len(sys.argv) > 7 else "sft"
     torch.set_num_threads(1)
     examples = json.loads(examples_file.read_text())
     model = load_causal_lm(model_dir, dtype=torch.float64)
@@ -32,8 +44,12 @@ def main() -> None:
         grad_clip=0.5,
         checkpoint_every=1,
     )
-    result = train_sft(
-        model, examples, cfg, pad_token_id=0, checkpoint_dir=out / "checkpoints", stop_after=stop_after
+    if mode == "kd":
+        objective = TokenDistillObjective(kd_student(model), KD, teacher=OnlineTeacher(model), pad_token_id=0)
+    else:
+        objective = SFTObjective(model)
+    result = train_objective(
+        objective, examples, cfg, pad_token_id=0, checkpoint_dir=out / "checkpoints", stop_after=stop_after
     )
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return

@@ -225,3 +225,28 @@ def test_hidden_state_losses_match_their_formulas():
     assert hidden_mse(s, t, mask=torch.zeros(2, 3, dtype=torch.bool)).item() == 0.0
     with pytest.raises(ValueError, match="project the student"):
         hidden_mse(s, t[..., :4])
+
+
+def test_two_process_distillation_equals_one_process(model_dir, teacher, examples, tmp_path):
+    """DDP over 2 gloo processes with the same global batch: the same losses and student weights."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .distributed_sft_main import KD, kd_student
+    from .test_train import _torchrun
+
+    examples_file = tmp_path / "examples.json"
+    examples_file.write_text(json.dumps([{k: e[k] for k in ("input_ids", "labels")} for e in examples]))
+    objective = TokenDistillObjective(kd_student(teacher), KD, teacher=OnlineTeacher(teacher), pad_token_id=0)
+    cfg = SFTConfig(
+        steps=4, micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
+    )
+    single = train_objective(objective, examples, cfg, pad_token_id=0)
+
+    _torchrun([model_dir, examples_file, tmp_path / "two", 2, 1, "-", "kd"], nproc=2)
+    history = json.loads((tmp_path / "two" / "history.json").read_text())["history"]
+    assert [h["terms"] for h in history] == [pytest.approx(h["terms"], rel=1e-9) for h in single.history]
+    weights = load_file(str(tmp_path / "two" / "weights.safetensors"))
+    for name, value in single.model.state_dict().items():
+        assert torch.allclose(weights[name], value, rtol=0, atol=1e-9), name
