@@ -380,6 +380,57 @@ class LMEvaluationConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="sequences per batch in evaluation")
 
 
+class LMHiddenConfig(_Strict):
+    layer_map: dict[int, int] = Field(
+        description="student layer -> teacher layer (hidden_states index: 0 = embeddings, i = block i)"
+    )
+    loss: Literal["mse", "cosine"] = Field("mse", description="per-token hidden-state loss")
+    weight: float = Field(1.0, ge=0, description="weight of the hidden-state term")
+
+
+class LMDistillConfig(_Strict):
+    signal: Literal["none", "cached", "online"] = Field(
+        "none",
+        description="none = SFT on the answers only; cached = the teacher's top-k log-probs captured once "
+        "(kdistill capture); online = the teacher runs every step",
+    )
+    divergence: str = Field("forward_kl", description="token divergence (kdistill methods lists them)")
+    divergence_kwargs: dict[str, float] = Field(
+        default_factory=dict, description="its parameters, e.g. {beta: 0.5} (generalized_jsd), {alpha: 0.1}"
+    )
+    temperature: float = Field(1.0, gt=0, description="distillation temperature (not the sampling one)")
+    scale_by_t2: bool = Field(False, description="multiply the divergence by temperature^2")
+    top_k: int = Field(20, ge=1, description="cached: log-probs kept per token")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the token divergence")
+    ce_weight: float = Field(0.0, ge=0, description="weight of the SFT term on the same tokens")
+    chunk_size: int = Field(1024, ge=1, description="tokens per chunk of the output-head matmul")
+    hidden: LMHiddenConfig | None = Field(None, description="online: hidden-state distillation")
+    on_policy_fraction: float = Field(
+        0.0, ge=0, le=1, description="online: share of steps on the student's own samples (GKD lambda)"
+    )
+    on_policy_max_new_tokens: int = Field(64, ge=1, description="tokens per on-policy sample")
+    on_policy_temperature: float = Field(1.0, gt=0, description="sampling temperature of those samples")
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="online: the teacher's precision"
+    )
+    compare_with_sft: bool = Field(
+        False, description="also train an SFT-only student on the same data and steps, and report both"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMDistillConfig:
+        from kdistill.losses.token import TOKEN_DIVERGENCES
+
+        if self.divergence not in TOKEN_DIVERGENCES:
+            known = ", ".join(sorted(TOKEN_DIVERGENCES.names()))
+            raise ValueError(f"unknown divergence {self.divergence!r}; known: {known}")
+        if self.signal != "online" and (self.hidden is not None or self.on_policy_fraction > 0):
+            raise ValueError("hidden and on_policy_fraction need signal: online")
+        if self.signal == "none" and self.compare_with_sft:
+            raise ValueError("compare_with_sft needs a signal (cached or online) to compare with")
+        return self
+
+
 class LMRunConfig(_Strict):
     task: Literal["lm"] = Field("lm", description="language-model data distillation")
     name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory")
@@ -389,6 +440,7 @@ class LMRunConfig(_Strict):
     generation: LMGenerationConfig = Field(default_factory=LMGenerationConfig)
     student: LMStudentConfig = Field(default_factory=LMStudentConfig)
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    distill: LMDistillConfig = Field(default_factory=LMDistillConfig)
     evaluation: LMEvaluationConfig = Field(default_factory=LMEvaluationConfig)
 
     def to_yaml(self) -> str:

@@ -13,6 +13,7 @@ report.html); the distilled student is in `student/`, loadable with `AutoModelFo
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import math
@@ -181,7 +182,7 @@ def run_lm(
     from kdistill.lm.models import load_causal_lm, load_tokenizer, model_from_config, size_on_disk_bytes
     from kdistill.lm.prune import block_influence, choose_layers, prune_layers, pruning_report
     from kdistill.lm.sft_data import tokenize_rows
-    from kdistill.lm.train import LoraSettings, SFTConfig, train_sft
+    from kdistill.lm.train import LoraSettings, SFTConfig, train_objective
 
     hf_logging.disable_progress_bar()  # kdistill's own progress bars say what is happening
     cache_root = cache_root or default_cache_root()
@@ -305,47 +306,80 @@ def run_lm(
             checkpoint_every=t.checkpoint_every,
             lora=lora,
         )
-        history: list[dict[str, Any]] = []
-        if (student_dir / "config.json").is_file() and (run_dir / "sft_done.json").is_file():
-            student = load_causal_lm(student_dir)
-            history = json.loads((run_dir / "sft_done.json").read_text())["history"]
-        else:
-            task = progress.add_task("student SFT", total=steps) if progress else None
-
-            def on_log(entry: dict[str, Any]) -> None:
-                if progress is not None:
-                    progress.update(task, completed=entry.get("step", 0))
-
-            result = train_sft(
-                student,
-                tokenized.examples,
-                sft,
-                pad_token_id=tokenizer.pad_token_id,
-                tokenizer=tokenizer,
-                output_dir=student_dir,
-                checkpoint_dir=run_dir / "jobs" / "sft" / "checkpoints",
-                on_log=on_log,
-                stop_after=stop_after,
+        d = cfg.distill
+        objectives = [d.signal] + (["none"] if d.compare_with_sft else [])
+        signal_dir = None
+        if d.signal == "cached":
+            signal_dir = _capture_signal(
+                cfg, teacher, teacher_path, tokenizer, tokenized.examples, cache_root, procs, progress
             )
-            if not result.finished:
-                raise RuntimeError("training stopped early (stop_after)")
-            student, history = result.model, result.history
-            write(run_dir / "sft_done.json", json.dumps({"history": history, "steps": steps}))
+            manifest["teacher_signal"] = str(signal_dir)
+            write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
+        arms: dict[str, tuple[torch.nn.Module, list[dict[str, Any]]]] = {}
+        # the first arm trains the initial student itself; the comparison arm starts from a copy of it
+        pristine = copy.deepcopy(student) if len(objectives) > 1 else None
+        for kind in objectives:
+            first = kind == objectives[0]
+            start_model = student if first else pristine
+            arm_dir = student_dir if first else run_dir / "student_sft"
+            job = run_dir / "jobs" / ("sft" if kind == "none" else f"kd-{kind}")
+            done_file = job / "done.json"
+            if (arm_dir / "config.json").is_file() and done_file.is_file():
+                trained = load_causal_lm(arm_dir)
+                arm_history = json.loads(done_file.read_text())["history"]
+            else:
+                label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {d.divergence})"
+                task = progress.add_task(label, total=steps) if progress else None
+
+                def on_log(entry: dict[str, Any], task: Any = task) -> None:
+                    if progress is not None:
+                        progress.update(task, completed=entry.get("step", 0))
+
+                objective = _objective(kind, cfg, start_model, teacher, tokenizer, signal_dir)
+                torch.manual_seed(cfg.seed)  # extra trainable parts (projections) start the same on a rerun
+                result = train_objective(
+                    objective,
+                    tokenized.examples,
+                    sft,
+                    pad_token_id=tokenizer.pad_token_id,
+                    tokenizer=tokenizer,
+                    output_dir=arm_dir,
+                    checkpoint_dir=job / "checkpoints",
+                    on_log=on_log,
+                    stop_after=stop_after,
+                )
+                if not result.finished:
+                    raise RuntimeError("training stopped early (stop_after)")
+                trained, arm_history = result.model, result.history
+                if main:
+                    job.mkdir(parents=True, exist_ok=True)
+                write(done_file, json.dumps({"history": arm_history, "steps": steps}))
+            arms[kind] = (trained, arm_history)
+        student, history = arms[objectives[0]]
+        extra_params = _extra_params(cfg, student, teacher)
         if not main:  # the main process evaluates and reports; the others wait for it and read its metrics
             procs.wait_for_everyone()
             metrics = json.loads((run_dir / METRICS).read_text())
             return RunResult(run_dir=run_dir, metrics=metrics, resumed=existing is not None)
         after = _cached_eval(run_dir / "eval_student_after.json", lambda: evaluate(student, "student after"))
+        sft_only = None
+        if "none" in arms and objectives[0] != "none":
+            sft_student = arms["none"][0]
+            sft_only = _cached_eval(
+                run_dir / "eval_student_sft.json", lambda: evaluate(sft_student, "student SFT only")
+            )
         teacher_eval = _cached_eval(
             run_dir / "eval_teacher.json", lambda: evaluate(teacher, "teacher", with_teacher=True)
         )
 
-    def row(name: str, role: str, size: dict[str, int], ev_result: dict[str, Any]) -> dict[str, Any]:
+    def row(
+        name: str, role: str, size: dict[str, int], ev_result: dict[str, Any], extra: int = 0
+    ) -> dict[str, Any]:
         return {
             "name": name,
             "role": role,
             **size,
-            "extra_params": 0,
+            "extra_params": extra,
             "perplexity_on_teacher_answers": ev_result["perplexity"],
             "agreement_with_teacher": ev_result.get("teacher_agreement"),
             "rouge_l": ev_result.get("rouge_l_f1"),
@@ -363,12 +397,23 @@ def run_lm(
     models = [
         row("teacher", "teacher", teacher_size, teacher_eval),
         row("student (pruned, before)", "before", student_size, before),
-        row("student (distilled)", "distilled", student_size, after),
     ]
+    if sft_only is not None:
+        models.append(row("student (SFT on answers only)", "sft", student_size, sft_only))
+    distilled_name = (
+        "student (distilled)" if d.signal == "none" else f"student (KD: {d.signal} {d.divergence})"
+    )
+    models.append(row(distilled_name, "distilled", student_size, after, extra_params))
     metrics = {
         "task": "lm",
         "models": models,
-        "history": [{"model": "student (distilled)", "seed": cfg.seed, **h} for h in history],
+        "history": [{"model": distilled_name, "seed": cfg.seed, **h} for h in history]
+        + (
+            [{"model": "student (SFT on answers only)", "seed": cfg.seed, **h} for h in arms["none"][1]]
+            if sft_only is not None
+            else []
+        ),
+        "objective": _objective_summary(cfg),
         "summary": _lm_summary(models, len(train_rows), tokenized.num_response_tokens),
         "examples": _examples(eval_rows, teacher_eval, before, after),
         "run": {
@@ -412,7 +457,7 @@ def _examples(rows: list[dict], teacher: dict, before: dict, after: dict, n: int
 
 
 def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int) -> dict[str, Any]:
-    teacher, before, after = models
+    teacher, before, after = models[0], models[1], models[-1]
     ratio = teacher["params"] / after["params"]
     speed = teacher["latency_ms"] / after["latency_ms"] if after["latency_ms"] else float("nan")
     headline = (
@@ -421,6 +466,12 @@ def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int
         f"top-1 agreement with the teacher {after['agreement_with_teacher']:.1%} "
         f"(before {before['agreement_with_teacher']:.1%}), {ratio:.2f}x fewer parameters, {speed:.2f}x faster answers"
     )
+    sft = next((m for m in models if m["role"] == "sft"), None)
+    if sft is not None:
+        headline += (
+            f"; the SFT-only student on the same answers and steps: perplexity "
+            f"{sft['perplexity_on_teacher_answers']:.1f}, agreement {sft['agreement_with_teacher']:.1%}"
+        )
     return {
         "headline": headline,
         "train_answers": train_rows,
@@ -428,3 +479,123 @@ def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int
         "params_ratio": ratio,
         "speedup": speed,
     }
+
+
+def _objective_summary(cfg: LMRunConfig) -> dict[str, Any]:
+    d = cfg.distill
+    if d.signal == "none":
+        return {"kind": "sft", "description": "SFT on the teacher's answers (response tokens)"}
+    out = d.model_dump(mode="json")
+    source = f"cached top-{d.top_k}" if d.signal == "cached" else "online teacher"
+    out["description"] = (
+        f"{d.divergence} on the teacher's next-token distributions ({source}, T={d.temperature})"
+        + (f" + {d.ce_weight} x SFT" if d.ce_weight else "")
+        + (f" + hidden states ({d.hidden.loss})" if d.hidden else "")
+        + (f", {d.on_policy_fraction:.0%} of steps on-policy" if d.on_policy_fraction else "")
+    )
+    return out
+
+
+def _capture_signal(
+    cfg: LMRunConfig,
+    teacher: torch.nn.Module,
+    teacher_path: str,
+    tokenizer: Any,
+    examples: list[dict[str, Any]],
+    cache_root: Path,
+    procs: PartialState,
+    progress: Progress | None,
+) -> Path:
+    """The teacher's top-k log-probs over the training examples, captured once into the content-addressed
+    cache (the main process computes, the others then find it there)."""
+    from kdistill.lm.capture import capture_topk, teacher_identity
+    from kdistill.lm.tokenizers import tokenizer_fingerprint
+
+    key_inputs = {
+        "teacher": teacher_identity(
+            cfg.teacher.model, gguf_file=cfg.teacher.gguf_file, model_dir=teacher_path, dtype="float32"
+        ),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    task = progress.add_task(f"teacher top-{cfg.distill.top_k}", total=len(examples)) if progress else None
+
+    def on_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress.update(task, completed=done, total=total)
+
+    with procs.main_process_first():
+        result = capture_topk(
+            teacher,
+            examples,
+            k=cfg.distill.top_k,
+            key_inputs=key_inputs,
+            batch_size=cfg.evaluation.batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            progress=on_progress,
+            cache_root=cache_root,
+        )
+    return result.store_dir
+
+
+def _objective(
+    kind: str,
+    cfg: LMRunConfig,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    tokenizer: Any,
+    signal_dir: Path | None,
+) -> Any:
+    """The training objective of one arm: SFT on the answers, or the white-box terms of `distill`."""
+    from kdistill.data.teacher_signal import TeacherSignal
+    from kdistill.lm.distill import (
+        CachedTeacher,
+        DistillSettings,
+        HiddenStateSettings,
+        OnlineTeacher,
+        TokenDistillObjective,
+    )
+    from kdistill.lm.train import SFTObjective
+
+    if kind == "none":
+        return SFTObjective(student)
+    d = cfg.distill
+    hidden = None
+    if d.hidden is not None:
+        hidden = HiddenStateSettings(
+            layer_map=dict(d.hidden.layer_map), loss=d.hidden.loss, weight=d.hidden.weight
+        )
+    settings = DistillSettings(
+        divergence=d.divergence,
+        divergence_kwargs=dict(d.divergence_kwargs),
+        temperature=d.temperature,
+        scale_by_t2=d.scale_by_t2,
+        kd_weight=d.kd_weight,
+        ce_weight=d.ce_weight,
+        chunk_size=d.chunk_size,
+        hidden=hidden,
+        on_policy_fraction=d.on_policy_fraction,
+        on_policy_max_new_tokens=d.on_policy_max_new_tokens,
+        on_policy_temperature=d.on_policy_temperature,
+        seed=cfg.seed,
+    )
+    if kind == "cached":
+        assert signal_dir is not None
+        source: Any = CachedTeacher(TeacherSignal(signal_dir))
+    else:
+        source = OnlineTeacher(teacher, dtype=getattr(torch, d.teacher_dtype))
+    return TokenDistillObjective(
+        student,
+        settings,
+        teacher=source,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def _extra_params(cfg: LMRunConfig, student: torch.nn.Module, teacher: torch.nn.Module) -> int:
+    """Parameters trained beside the student and dropped after training (hidden-state projections)."""
+    hidden = cfg.distill.hidden if cfg.distill.signal == "online" else None
+    s_width, t_width = student.config.hidden_size, teacher.config.hidden_size
+    if hidden is None or s_width == t_width:
+        return 0
+    return len(hidden.layer_map) * s_width * t_width

@@ -146,3 +146,62 @@ def test_two_process_lm_run_matches_one_process_with_accumulation(tmp_path, tiny
     assert a.keys() == b.keys()
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=0, atol=1e-5), name
+
+
+def test_lm_run_with_a_cached_teacher_signal_compares_kd_with_sft(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    cfg = _config(teacher, prompts, epochs=2)
+    cfg = cfg.model_copy(
+        update={
+            "distill": cfg.distill.model_copy(
+                update={"signal": "cached", "top_k": 16, "compare_with_sft": True}
+            )
+        }
+    )
+    result = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    metrics = result.metrics
+    assert [m["role"] for m in metrics["models"]] == ["teacher", "before", "sft", "distilled"]
+    assert metrics["models"][-1]["name"] == "student (KD: cached forward_kl)"
+    assert "SFT-only student" in metrics["summary"]["headline"]
+    assert metrics["objective"]["signal"] == "cached"
+    # the signal was captured once into the content-addressed cache, with k = 16
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    (store,) = list((tmp_path / "cache" / "teacher_signal").iterdir())
+    assert manifest["teacher_signal"] == str(store)
+    assert json.loads((store / "manifest.json").read_text())["k"] == 16
+    # both students trained the same number of steps, on different objectives
+    kd_steps = [h["step"] for h in metrics["history"] if h["model"].startswith("student (KD")]
+    sft_steps = [h["step"] for h in metrics["history"] if h["model"].startswith("student (SFT")]
+    assert kd_steps == sft_steps and kd_steps
+    assert {"kd/forward_kl"} == set(next(h for h in metrics["history"] if "terms" in h)["terms"])
+    kd = AutoModelForCausalLM.from_pretrained(result.run_dir / "student").state_dict()
+    sft = AutoModelForCausalLM.from_pretrained(result.run_dir / "student_sft").state_dict()
+    assert any(not (kd[k] == sft[k]).all() for k in kd)
+    assert "student (SFT on answers only)" in (result.run_dir / "report.html").read_text()
+
+
+def test_lm_run_online_teacher_with_hidden_states_and_on_policy_steps(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    cfg = _config(teacher, prompts, epochs=1)
+    distill = {
+        "signal": "online",
+        "divergence": "generalized_jsd",
+        "divergence_kwargs": {"beta": 0.5},
+        "ce_weight": 0.5,
+        "hidden": {"layer_map": {1: 1, 3: 5}, "loss": "cosine", "weight": 0.1},
+        "on_policy_fraction": 0.5,
+        "on_policy_max_new_tokens": 4,
+    }
+    cfg = parse_config(cfg.model_dump(mode="json") | {"distill": distill})
+    result = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    terms = next(h for h in result.metrics["history"] if "terms" in h)["terms"]
+    assert set(terms) == {"kd/generalized_jsd", "ce", "hidden/cosine"}
+    assert result.metrics["models"][-1]["extra_params"] == 0  # same width: no projection needed
+    assert "on-policy" in result.metrics["objective"]["description"]
+
+
+def test_lm_distill_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="distill: .*need signal: online"):
+        parse_config({"task": "lm", "distill": {"signal": "cached", "on_policy_fraction": 0.5}})
+    with pytest.raises(ConfigError, match="distill: .*unknown divergence 'fkl'"):
+        parse_config({"task": "lm", "distill": {"signal": "online", "divergence": "fkl"}})

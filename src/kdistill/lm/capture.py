@@ -282,12 +282,13 @@ def capture_topk(
     pad_token_id: int = 0,
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    cache_root: Path | None = None,
 ) -> CaptureResult:
     """Run the teacher over `examples` ({"input_ids", "record_id"}) and store its top-k rows per example.
 
     `key_inputs` identify the teacher and tokenizer (`{"teacher": teacher_identity(...), "tokenizer":
     tokenizer_fingerprint(tok)}`); the data fingerprint, k and the source are added here, and their hash
-    is the content key (`store_dir` defaults to `<cache root>/teacher_signal/<key>/`). `model` may be a
+    is the content key (`store_dir` defaults to `<cache_root or the default cache>/teacher_signal/<key>/`). `model` may be a
     callable that loads it: it is called only when some example is still missing, so rerunning a
     finished capture does not load the teacher. A shard is committed every ~`shard_examples` examples
     (at a batch boundary); a kill loses at most that much work. `progress(stored, total)` is called
@@ -304,7 +305,7 @@ def capture_topk(
         "logprobs": "log_softmax(logits.float()) top-k",
     }
     key = signal_key(inputs)
-    store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key)
+    store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
     writer = TeacherSignalWriter(store_dir, key=key, key_inputs=inputs, k=k, info=info)
     writer.open()
     try:

@@ -24,6 +24,7 @@ resumed run makes the same choices.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,16 +121,19 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    """A teacher model run under no_grad each step; `device`/`dtype` let it live apart from the student."""
+    """A teacher model run under no_grad each step; `device`/`dtype` let it live apart from the student
+    (then on a converted copy). The model is put in eval mode with gradients off."""
 
     def __init__(
         self, model: nn.Module, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ):
+        current = next(model.parameters())
+        if (dtype is not None and dtype != current.dtype) or (
+            device is not None and torch.device(device) != current.device
+        ):
+            # a converted copy: the caller's model (evaluated elsewhere, say) keeps its precision and place
+            model = copy.deepcopy(model).to(device=device, dtype=dtype)
         self.model = model.eval().requires_grad_(False)
-        if dtype is not None:
-            self.model.to(dtype=dtype)
-        if device is not None:
-            self.model.to(device)
         self.backbone, self.head = backbone_and_head(self.model)
 
     @property
