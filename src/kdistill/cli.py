@@ -115,8 +115,13 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     from kdistill.losses import LOSSES
     from kdistill.methods import METHODS
 
+    from kdistill.losses.token import TOKEN_DIVERGENCES
+
     rows = [("loss", n, LOSSES.get(n).role, LOSSES.summary(n)) for n in LOSSES.names()]
     rows += [("method", n, "scheme", METHODS.summary(n)) for n in METHODS.names()]
+    rows += [
+        ("divergence", n, "token (task: lm)", TOKEN_DIVERGENCES.summary(n)) for n in TOKEN_DIVERGENCES.names()
+    ]
     if as_json:
         typer.echo(
             json.dumps(
