@@ -215,6 +215,8 @@ def run_lm(
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     progress = _progress(console)
+    if cfg.student.init == "pretrained":
+        _check_student_tokenizer(cfg)  # before the teacher spends minutes answering
     with progress if progress is not None else contextlib.nullcontext():
         with procs.main_process_first():  # the others find the main process's answers cached
             store = generate_answers(cfg, resolve_prompts(cfg.prompts.file), cache_root, progress)
@@ -252,6 +254,13 @@ def run_lm(
             student = load_causal_lm(s.model, trust_remote_code=cfg.teacher.trust_remote_code)
         else:
             student = model_from_config(s.config)
+        vocab = student.get_output_embeddings().weight.shape[0]
+        if vocab < len(tokenizer):
+            raise ValueError(
+                f"student.{s.init}: the student's vocabulary has {vocab} tokens but the teacher's tokenizer "
+                f"{len(tokenizer)}; teacher and student must share a tokenizer (cross-tokenizer distillation "
+                "is not supported yet)"
+            )
         write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
         student_size = {
             "params": sum(p.numel() for p in student.parameters()),
@@ -599,3 +608,18 @@ def _extra_params(cfg: LMRunConfig, student: torch.nn.Module, teacher: torch.nn.
     if hidden is None or s_width == t_width:
         return 0
     return len(hidden.layer_map) * s_width * t_width
+
+
+def _check_student_tokenizer(cfg: LMRunConfig) -> None:
+    """A pretrained student must share the teacher's tokenizer: the answers are tokenized once, with the
+    teacher's, for every loss (cross-tokenizer distillation is future work)."""
+    from kdistill.lm.models import load_tokenizer
+    from kdistill.lm.tokenizers import assert_same_tokenizer
+
+    t = cfg.teacher
+    teacher_tok = load_tokenizer(
+        resolve_model_ref(t.model), gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code
+    )
+    assert_same_tokenizer(
+        teacher_tok, load_tokenizer(cfg.student.model, trust_remote_code=t.trust_remote_code)
+    )

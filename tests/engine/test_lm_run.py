@@ -251,3 +251,24 @@ def test_sigkilled_white_box_run_resumes_to_the_same_student(tmp_path, tiny_teac
     a = AutoModelForCausalLM.from_pretrained(ref_dir / "student").state_dict()
     b = AutoModelForCausalLM.from_pretrained(run_dir / "student").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_student_with_another_tokenizer_is_refused_up_front(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    other = tmp_path / "other-student"
+    tok = train_tokenizer(300)
+    tiny_llama(len(tok), hidden=32, layers=2).save_pretrained(other)
+    tok.save_pretrained(other)
+    cfg = parse_config(
+        _config(teacher, prompts).model_dump(mode="json")
+        | {"student": {"init": "pretrained", "model": str(other)}}
+    )
+    with pytest.raises(ValueError, match="cross-tokenizer distillation is not supported"):
+        run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    small = {"model_type": "llama", "vocab_size": 100, "hidden_size": 16, "intermediate_size": 32}
+    small |= {"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
+    cfg = parse_config(
+        _config(teacher, prompts).model_dump(mode="json") | {"student": {"init": "config", "config": small}}
+    )
+    with pytest.raises(ValueError, match="vocabulary has 100 tokens"):
+        run_lm(cfg, runs_dir=tmp_path / "runs2", cache_root=tmp_path / "cache")
