@@ -1,8 +1,8 @@
 """Provenance: mark what a teacher says, and test with calibrated statistics whether a model learned from it.
 
-Every detector returns a `TestReport` (statistic, p-value, items scored, method, assumptions).
+Every detector returns a `ProvenanceReport` (statistic, p-value, items scored, method, assumptions).
 """
 
-from kdistill.provenance.report import TestReport
+from kdistill.provenance.report import ProvenanceReport
 
-__all__ = ["TestReport"]
+__all__ = ["ProvenanceReport"]

@@ -15,7 +15,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class TestReport:
+class ProvenanceReport:
     """The outcome of one provenance test."""
 
     method: str  # e.g. "green-list watermark (Kirchenbauer et al. 2023)"
