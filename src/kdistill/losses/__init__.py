@@ -1,6 +1,8 @@
 """Loss functions as pure functions of tensors, one family per module; importing this registers them all."""
 
+from kdistill.losses.chunked import ChunkedLoss, chunked_distill_loss
 from kdistill.losses.feature import attention_transfer, fitnet_hint
+from kdistill.losses.hidden import hidden_cosine, hidden_mse
 from kdistill.losses.relation import rkd_angle, rkd_distance, similarity_preserving
 from kdistill.losses.response import cross_entropy, dkd, hinton_kd
 from kdistill.losses.spec import LOSSES, LossSpec
@@ -22,16 +24,20 @@ from kdistill.losses.token_sparse import (
 )
 
 __all__ = [
+    "ChunkedLoss",
     "LOSSES",
     "LossSpec",
     "SPARSE_TOKEN_DIVERGENCES",
     "TOKEN_DIVERGENCES",
     "attention_transfer",
+    "chunked_distill_loss",
     "cross_entropy",
     "dkd",
     "fitnet_hint",
     "forward_kl",
     "generalized_jsd",
+    "hidden_cosine",
+    "hidden_mse",
     "hinton_kd",
     "reverse_kl",
     "rkd_angle",
