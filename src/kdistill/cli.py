@@ -113,9 +113,8 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     Example: kdistill methods
     """
     from kdistill.losses import LOSSES
-    from kdistill.methods import METHODS
-
     from kdistill.losses.token import TOKEN_DIVERGENCES
+    from kdistill.methods import METHODS
 
     rows = [("loss", n, LOSSES.get(n).role, LOSSES.summary(n)) for n in LOSSES.names()]
     rows += [("method", n, "scheme", METHODS.summary(n)) for n in METHODS.names()]
@@ -181,6 +180,16 @@ def _register_capture() -> None:
 
 
 _register_capture()
+
+
+def _register_provenance() -> None:
+    # its own module: a command group (detect, radioactivity, compare) that imports torch lazily
+    from kdistill.commands.provenance import provenance_app
+
+    app.add_typer(provenance_app, name="provenance")
+
+
+_register_provenance()
 
 
 def main() -> None:

@@ -110,6 +110,18 @@ class OpenAITeacherConfig(_Strict):
     )
 
 
+class WatermarkConfig(_Strict):
+    """A green-list watermark on the sampled tokens (see kdistill.provenance.watermark)."""
+
+    key_env: str = Field(
+        "KDISTILL_WATERMARK_KEY",
+        description="name of the environment variable holding the secret key (never the key itself)",
+    )
+    gamma: float = Field(0.25, gt=0, lt=1, description="fraction of the vocabulary that is green per context")
+    delta: float = Field(2.0, ge=0, description="added to the green tokens' logits before sampling")
+    context_width: int = Field(1, ge=1, description="previous tokens that seed the green list")
+
+
 class HFTeacherConfig(_Strict):
     kind: Literal["hf_local"] = Field("hf_local", description="a local Hugging Face causal LM")
     model: str | None = Field(None, description="local directory or hub id (required)")
@@ -121,6 +133,9 @@ class HFTeacherConfig(_Strict):
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
     api: Literal["auto", "chat", "completions"] = Field(
         "auto", description="chat = apply the chat template; auto = chat when the tokenizer has one"
+    )
+    watermark: WatermarkConfig | None = Field(
+        None, description="mark the sampled tokens with a green-list watermark (null = off)"
     )
 
 
@@ -391,6 +406,16 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
         return teacher, key or None
     from kdistill.teachers.hf_local import HFLocalTeacher
 
+    watermark = None
+    if t.watermark is not None:
+        from kdistill.provenance.watermark import GreenListWatermark, WatermarkKeyError, key_from_env
+
+        try:
+            key = key_from_env(t.watermark.key_env)
+        except WatermarkKeyError as err:
+            raise GenerationError(f"teacher.watermark.key_env: {err}") from None
+        w = t.watermark
+        watermark = GreenListWatermark(key, gamma=w.gamma, delta=w.delta, context_width=w.context_width)
     teacher = HFLocalTeacher(
         model=t.model or "",
         sampling=sampling,
@@ -401,6 +426,7 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
         device=t.device,
         batch_size=t.batch_size,
         trust_remote_code=t.trust_remote_code,
+        watermark=watermark,
     )
     return teacher, None
 

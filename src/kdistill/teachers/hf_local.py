@@ -20,15 +20,23 @@ own distribution, not the one reshaped by temperature/top_p; one entry per gener
 EOS (excluded) or the token that completed a stop string. Sampling (`temperature > 0`) seeds torch with
 the first request's seed before each batch: reproducible for the same batches, but a sample depends on
 which requests shared its batch. Greedy decoding (`temperature = 0`) does not.
+
+**Watermark.** With `watermark` (a `GreenListWatermark`), a green-list logits processor biases every
+sampled token (kdistill.provenance.watermark); the identity then holds the watermark's parameters and key
+fingerprint (never the key), so record ids differ from unwatermarked ones. Logprobs stay those of the raw
+logits: they do not carry the watermark, only the sampled tokens do.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kdistill.teachers import Choice, CompletionRequest, SamplingParams, TeacherError, TeacherResponse
+
+if TYPE_CHECKING:
+    from kdistill.provenance.watermark import GreenListWatermark
 
 
 @dataclass
@@ -50,6 +58,7 @@ class HFLocalTeacher:
         device: str = "auto",
         batch_size: int = 8,
         trust_remote_code: bool = False,
+        watermark: GreenListWatermark | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,6 +101,9 @@ class HFLocalTeacher:
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "api": self.api,
         }
+        self.watermark = watermark
+        if watermark is not None:  # only then: unwatermarked record ids stay what they were
+            self.identity["watermark"] = watermark.identity()
         self._queue: list[_Pending] = []
         self._worker: asyncio.Task | None = None
 
@@ -157,6 +169,10 @@ class HFLocalTeacher:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if s.stop:
             kwargs.update(stop_strings=list(s.stop), tokenizer=self.tokenizer)
+        if self.watermark is not None:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList([self.watermark.logits_processor()])
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
         prompt_len = enc["input_ids"].shape[1]
