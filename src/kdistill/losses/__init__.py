@@ -1,6 +1,12 @@
 """Loss functions as pure functions of tensors, one family per module; importing this registers them all."""
 
 from kdistill.losses.chunked import ChunkedLoss, chunked_distill_loss
+from kdistill.losses.embedding import (
+    EMBEDDING_LOSSES,
+    embedding_cosine,
+    embedding_mse,
+    similarity_matrix_loss,
+)
 from kdistill.losses.feature import attention_transfer, fitnet_hint
 from kdistill.losses.hidden import hidden_cosine, hidden_mse
 from kdistill.losses.relation import rkd_angle, rkd_distance, similarity_preserving
@@ -25,6 +31,7 @@ from kdistill.losses.token_sparse import (
 
 __all__ = [
     "ChunkedLoss",
+    "EMBEDDING_LOSSES",
     "LOSSES",
     "LossSpec",
     "SPARSE_TOKEN_DIVERGENCES",
@@ -33,6 +40,8 @@ __all__ = [
     "chunked_distill_loss",
     "cross_entropy",
     "dkd",
+    "embedding_cosine",
+    "embedding_mse",
     "fitnet_hint",
     "forward_kl",
     "generalized_jsd",
@@ -42,6 +51,7 @@ __all__ = [
     "reverse_kl",
     "rkd_angle",
     "rkd_distance",
+    "similarity_matrix_loss",
     "similarity_preserving",
     "skew_kl",
     "sparse_forward_kl",
