@@ -369,7 +369,7 @@ def train_objective(
                 terms = model(batch)
                 total = sum(terms.values())
                 if not torch.isfinite(total):
-                    values = {name: float(v) for name, v in terms.items()}
+                    values = {name: float(v.detach()) for name, v in terms.items()}
                     raise TrainingDiverged(
                         f"loss is not finite at step {step + 1} (sums {values}); lower the lr "
                         f"(lr={cfg.lr}) or check the model's dtype (fp16 overflows more easily than bf16)"
