@@ -60,7 +60,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from kdistill.io import atomic_write_text
+from kdistill.io import atomic_write_text, fsync_dir, lock_directory
 
 FORMAT = "kdistill.generations/1"
 MANIFEST = "manifest.json"
@@ -182,23 +182,6 @@ def _cut_torn_tail(path: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     return len(data) - keep
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform/filesystem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- manifest and shards
@@ -340,20 +323,12 @@ class GenerationStore:
             self._lock = None
 
     def _acquire_lock(self) -> None:
-        lock = (self.out_dir / LOCK).open("ab")
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock
-            self._lock = lock
-            return
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise GenerationStoreError(
+        self._lock = lock_directory(
+            self.out_dir / LOCK,
+            lambda: GenerationStoreError(
                 f"{self.out_dir}: another process is writing this directory (its {LOCK} is locked)"
-            ) from None
-        self._lock = lock
+            ),
+        )
 
     # -- sources (which teacher and sampling wrote rows here)
 
@@ -430,14 +405,14 @@ class GenerationStore:
     def _write_manifest(self) -> None:
         self.manifest["updated"] = utc_now()
         atomic_write_text(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
-        _fsync_dir(self.out_dir)
+        fsync_dir(self.out_dir)
 
 
 def _atomic_write_fsynced(path: Path, data: bytes) -> None:
     from kdistill.io import atomic_write_bytes
 
     atomic_write_bytes(path, data)
-    _fsync_dir(path.parent)  # the rename itself survives a power loss
+    fsync_dir(path.parent)  # the rename itself survives a power loss
 
 
 # ---------------------------------------------------------------- reading and exporting

@@ -41,10 +41,8 @@ signal has as many rows as the example has tokens.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +53,7 @@ from typing import IO, Any, NamedTuple
 import torch
 from torch import Tensor
 
-from kdistill.io import atomic_write_bytes, atomic_write_text
+from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory, sha256_file
 
 FORMAT = "kdistill.teacher_signal/1"
 MANIFEST = "manifest.json"
@@ -121,23 +119,6 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform/filesystem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a store directory, None if it has none; raises on a foreign or broken one."""
     path = Path(store_dir) / MANIFEST
@@ -164,7 +145,7 @@ def _verify_shard(store_dir: Path, entry: Mapping[str, Any], *, sha: bool) -> Pa
             "the shard was modified or truncated after it was written"
         )
     if sha:
-        actual = _sha256_file(path)
+        actual = sha256_file(path)
         if actual != entry["sha256"]:
             raise TeacherSignalError(
                 f"{path}: sha256 mismatch (manifest {entry['sha256'][:12]}..., file {actual[:12]}...): "
@@ -311,20 +292,12 @@ class TeacherSignalWriter:
             self._lock = None
 
     def _acquire_lock(self) -> None:
-        lock = (self.store_dir / LOCK).open("ab")
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock
-            self._lock = lock
-            return
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise TeacherSignalError(
+        self._lock = lock_directory(
+            self.store_dir / LOCK,
+            lambda: TeacherSignalError(
                 f"{self.store_dir}: another process is writing this directory (its {LOCK} is locked)"
-            ) from None
-        self._lock = lock
+            ),
+        )
 
     # -- adding examples
 
@@ -365,7 +338,7 @@ class TeacherSignalWriter:
         number = self.manifest["next_shard"]
         name = f"shard-{number:05d}.safetensors"
         atomic_write_bytes(self.store_dir / name, data)
-        _fsync_dir(self.store_dir)  # the rename itself survives a power loss
+        fsync_dir(self.store_dir)  # the rename itself survives a power loss
         self.manifest["shards"].append(
             {
                 "file": name,
@@ -386,7 +359,7 @@ class TeacherSignalWriter:
     def _write_manifest(self) -> None:
         self.manifest["updated"] = _utc_now()
         atomic_write_text(self.store_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
-        _fsync_dir(self.store_dir)
+        fsync_dir(self.store_dir)
 
 
 def _differing_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

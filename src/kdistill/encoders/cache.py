@@ -44,13 +44,12 @@ from kdistill.data.teacher_signal import (
     _SHARD_NAME,
     TeacherSignalError,
     _differing_inputs,
-    _fsync_dir,
     _utc_now,
     _verify_shard,
     signal_key,
 )
 from kdistill.encoders.models import TextEncoder
-from kdistill.io import atomic_write_bytes, atomic_write_text
+from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory
 
 __all__ = [
     "FORMAT",
@@ -189,18 +188,10 @@ class _Writer:
             raise
 
     def _acquire_lock(self) -> None:
-        lock = (self.store_dir / LOCK).open("ab")
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no cross-process lock
-            self._lock = lock
-            return
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise EmbeddingCacheError(f"{self.store_dir}: another process is writing this cache") from None
-        self._lock = lock
+        self._lock = lock_directory(
+            self.store_dir / LOCK,
+            lambda: EmbeddingCacheError(f"{self.store_dir}: another process is writing this cache"),
+        )
 
     def close(self) -> None:
         if self._lock is not None:
@@ -260,7 +251,7 @@ class _Writer:
         number = self.manifest["next_shard"]
         name = f"shard-{number:05d}.safetensors"
         atomic_write_bytes(self.store_dir / name, data)
-        _fsync_dir(self.store_dir)
+        fsync_dir(self.store_dir)
         entry = {
             "file": name,
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -281,7 +272,7 @@ class _Writer:
     def _write_manifest(self) -> None:
         self.manifest["updated"] = _utc_now()
         atomic_write_text(self.store_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
-        _fsync_dir(self.store_dir)
+        fsync_dir(self.store_dir)
 
 
 def cache_teacher_embeddings(
