@@ -15,8 +15,8 @@ Arms, all trained by `kdistill.lm.train.train_objective` (AdamW, lr 1e-4, grad c
   kd        TokenDistillObjective + CachedTeacher, sparse forward KL(teacher || student) over the top-k + tail
             buckets at T = 1, ce_weight 0: the chunked loss (`chunked_distill_loss`, default chunk_size 1024),
             which never forms the whole logits and computes the head gradients inside its forward.
-  kd+ce     the same plus the CE term (ce_weight 1): the usual KD + SFT mix; the chunked loss then keeps two
-            sets of head gradients.
+  kd+ce     the same plus the CE term (ce_weight 1): the usual KD + SFT mix; the objective passes kd_weight and
+            ce_weight to the chunked loss, which forms one fused gradient (one pair of head matmuls) per chunk.
   kd-plain  benchmark-only objective: the kd loss on the full logits (model forward -> logits ->
             `sparse_forward_kl`), no chunking. kd-plain vs sft is the cost of the loss itself; kd vs kd-plain
             is the cost (or gain) of the chunked path.
@@ -355,7 +355,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "dtype": "float32",
             "optimizer": "AdamW lr 1e-4, grad clip 1.0, cosine (SFTConfig defaults otherwise)",
-            "kd": "sparse forward_kl, T=1, chunk_size 1024 (default), ce_weight 0 (kd) / 1 (kd+ce)",
+            "kd": "sparse forward_kl, T=1, chunk_size 1024 (default), ce_weight 0 (kd) / 1 (kd+ce, fused)",
         },
         "capture": {"seconds": capture.elapsed_s, "tokens": capture.tokens, "bytes": capture.bytes},
         "arms": rows,

@@ -76,23 +76,28 @@ def test_kd_term_is_the_summed_forward_kl_and_cached_equals_online(
 ):
     student = _student(tokenizer)
     batch = _batch(examples, [0, 3, 5])
-    settings = DistillSettings(temperature=temperature, chunk_size=7, ce_weight=0.5)
-    online = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
-    cached = TokenDistillObjective(student, settings, teacher=CachedTeacher(full_signal), pad_token_id=0)
-
+    weight = student.model.layers[0].mlp.up_proj.weight
     expected = _reference_kd_sum(student, teacher, batch, temperature)
-    (expected_grad,) = torch.autograd.grad(expected, student.model.layers[0].mlp.up_proj.weight)
+    (expected_grad,) = torch.autograd.grad(expected, weight)
     logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected_ce = F.cross_entropy(
         logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
     )
-    for objective in (online, cached):
-        terms = objective(batch)
-        assert set(terms) == {"kd/forward_kl", "ce"}
-        assert terms["kd/forward_kl"].item() == pytest.approx(expected.item(), rel=1e-6)
-        assert terms["ce"].item() == pytest.approx(0.5 * expected_ce.item(), rel=1e-6)
-        (grad,) = torch.autograd.grad(terms["kd/forward_kl"], student.model.layers[0].mlp.up_proj.weight)
-        assert torch.allclose(grad, expected_grad, atol=1e-8)
+    (expected_ce_grad,) = torch.autograd.grad(expected_ce, weight)
+    for ce_weight in (0.0, 0.5):  # 0.5: KD and CE share one fused gradient per chunk
+        settings = DistillSettings(temperature=temperature, chunk_size=7, ce_weight=ce_weight)
+        online = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
+        cached = TokenDistillObjective(student, settings, teacher=CachedTeacher(full_signal), pad_token_id=0)
+        for objective in (online, cached):
+            terms = objective(batch)
+            assert set(terms) == ({"kd/forward_kl", "ce"} if ce_weight else {"kd/forward_kl"})
+            assert terms["kd/forward_kl"].item() == pytest.approx(expected.item(), rel=1e-6)
+            if ce_weight:
+                assert terms["ce"].item() == pytest.approx(ce_weight * expected_ce.item(), rel=1e-6)
+            # the gradient of the summed terms (what the training loop backpropagates)
+            (grad,) = torch.autograd.grad(sum(terms.values()), weight)
+            want = expected_grad + ce_weight * expected_ce_grad.double()
+            assert torch.allclose(grad.double(), want, atol=1e-8)
 
 
 def test_cached_signal_is_joined_by_record_id_not_position(tokenizer, teacher, examples, full_signal):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -109,9 +110,13 @@ def student_params(kw: dict[str, Any]) -> list[torch.Tensor]:
     return [kw[k] for k in ("student_hidden", "student_head", "student_head_bias") if k in kw]
 
 
-def assert_same_as_plain(kw: dict[str, Any], chunk_size: int, **options: Any) -> None:
-    """Value and gradients of 0.7 * divergence + 0.3 * nll_sum (different weights test the combination)."""
-    out = chunked_distill_loss(**kw, chunk_size=chunk_size, **options)
+def assert_same_as_plain(kw: dict[str, Any], chunk_size: int, *, fused: bool = False, **options: Any) -> None:
+    """Value and gradients of 0.7 * divergence + 0.3 * nll_sum (different weights test the combination).
+
+    fused: pass the weights to chunked_distill_loss, which then forms one gradient per chunk.
+    """
+    weights = {"kd_weight": 0.7, "ce_weight": 0.3} if fused else {}
+    out = chunked_distill_loss(**kw, chunk_size=chunk_size, **weights, **options)
     ref_div, ref_nll = plain(kw, **options)
     torch.testing.assert_close(out.divergence, ref_div, **TOL)
     loss, ref = 0.7 * out.divergence, 0.7 * ref_div
@@ -290,6 +295,102 @@ def test_chunked_forward_saves_no_full_logits(sparse: bool) -> None:
     assert max(plain_numels) >= tokens_x_vocab
 
 
+# --- fused KD + CE: one gradient per chunk ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_fused_gradient_is_the_weighted_sum_of_the_separate_ones(
+    name: str, params: dict, sparse: bool, temperature: float
+) -> None:
+    kw = make_inputs(sparse=sparse, mask_p=0.6, labels=True, seed=20)
+    options = {"divergence": name, "divergence_kwargs": params, "temperature": temperature}
+    assert_same_as_plain(kw, chunk_size=3, fused=True, scale_by_t2=True, **options)
+    fused = chunked_distill_loss(**kw, chunk_size=3, kd_weight=0.7, ce_weight=0.3, **options)
+    separate = chunked_distill_loss(**kw, chunk_size=3, **options)
+    assert torch.equal(fused.divergence.detach(), separate.divergence.detach())
+    assert torch.equal(fused.nll_sum.detach(), separate.nll_sum.detach())
+    # any common factor of the two weights, e.g. the training loop's 1 / tokens, is fine
+    params_ = student_params(kw)
+    got = torch.autograd.grad(2.5 * (0.7 * fused.divergence + 0.3 * fused.nll_sum), params_)
+    want = torch.autograd.grad(2.5 * (0.7 * separate.divergence + 0.3 * separate.nll_sum), params_)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_fused_gradient_refuses_other_combinations() -> None:
+    kw = make_inputs(sparse=True, labels=True, seed=21)
+    for loss in (
+        lambda out: out.divergence,
+        lambda out: out.nll_sum,
+        lambda out: 0.3 * out.divergence + 0.7 * out.nll_sum,
+    ):
+        out = chunked_distill_loss(**kw, chunk_size=4, kd_weight=0.7, ce_weight=0.3)
+        with pytest.raises(RuntimeError, match="one gradient for kd_weight"):
+            loss(out).backward()
+    with pytest.raises(ValueError, match="together"):
+        chunked_distill_loss(**kw, kd_weight=0.7)
+    with pytest.raises(ValueError, match="> 0"):
+        chunked_distill_loss(**kw, kd_weight=0.7, ce_weight=0.0)
+
+
+def test_fused_weights_without_labels_are_the_plain_divergence() -> None:
+    kw = make_inputs(sparse=True, mask_p=0.6, seed=22)
+    out = chunked_distill_loss(**kw, chunk_size=4, kd_weight=0.7, ce_weight=0.3)
+    assert out.nll_sum is None
+    (got,) = torch.autograd.grad(out.divergence, [kw["student_head"]])
+    (want,) = torch.autograd.grad(plain(kw)[0], [kw["student_head"]])
+    torch.testing.assert_close(got, want, **TOL)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_float64_gradcheck(sparse: bool, fused: bool, temperature: float) -> None:
+    kw = make_inputs(lead=(2, 3), vocab=7, hidden=3, top_k=3, sparse=sparse, mask_p=0.7, labels=True, seed=23)
+    kw = {
+        k: (v.detach().double().requires_grad_(v.requires_grad) if v.is_floating_point() else v)
+        for k, v in kw.items()
+    }
+    names = ("student_hidden", "student_head", "student_head_bias")
+    weights = {"kd_weight": 0.7, "ce_weight": 0.3} if fused else {}
+
+    def loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        args = dict(kw, student_hidden=h, student_head=w, student_head_bias=b)
+        out = chunked_distill_loss(**args, chunk_size=2, temperature=temperature, **weights)
+        return 0.7 * out.divergence + 0.3 * out.nll_sum
+
+    assert torch.autograd.gradcheck(loss, tuple(kw[n] for n in names))
+
+
+def test_sparse_edge_rows_match_plain() -> None:
+    """Top-k covering the vocabulary (empty tail), rows without any teacher entry, a tail of mass ~0."""
+    kw = make_inputs(lead=(3, 4), vocab=6, top_k=6, sparse=True, labels=True, seed=24)
+    ids = kw["teacher_ids"].clone()
+    ids[0, 1] = -1  # a row with no teacher entry at all
+    ids[1, :2, 3:] = -1  # rows whose top-k no longer covers the vocabulary
+    kw["teacher_ids"] = ids
+    with torch.no_grad():
+        kw["student_hidden"][2, 0] *= 200.0  # a very peaked student row: its tail mass underflows
+    for fused in (False, True):
+        for temperature in (1.0, 2.0):
+            assert_same_as_plain(kw, chunk_size=5, fused=fused, temperature=temperature)
+
+
+def test_dense_teacher_with_minus_inf_logits_matches_plain() -> None:
+    """A teacher that rules out part of the vocabulary (-inf logits): 0 * log 0 = 0, finite gradients."""
+    kw = make_inputs(labels=True, mask_p=0.8, seed=25)
+    kw["teacher_hidden"] = torch.cat([kw["teacher_hidden"], torch.ones(2, 7, 1)], dim=-1)
+    blocked = torch.zeros(13, 1)
+    blocked[:3] = -math.inf
+    kw["teacher_head"] = torch.cat([kw["teacher_head"], blocked], dim=-1)
+    out = chunked_distill_loss(**kw, chunk_size=4)
+    assert torch.isfinite(out.divergence)
+    for fused in (False, True):
+        assert_same_as_plain(kw, chunk_size=4, fused=fused, temperature=1.3)
+
+
 # --- property: chunked == plain for random shapes and chunk sizes ---------------------------------------
 
 
@@ -305,6 +406,7 @@ def test_chunked_forward_saves_no_full_logits(sparse: bool) -> None:
     masked=st.booleans(),
     labels=st.booleans(),
     temperature=st.sampled_from([0.5, 1.0, 2.5]),
+    fused=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 def test_property_chunked_equals_plain(
@@ -318,6 +420,7 @@ def test_property_chunked_equals_plain(
     masked: bool,
     labels: bool,
     temperature: float,
+    fused: bool,
     seed: int,
 ) -> None:
     name, params = case
@@ -332,7 +435,14 @@ def test_property_chunked_equals_plain(
         labels=labels,
         seed=seed,
     )
-    assert_same_as_plain(kw, chunk_size, divergence=name, divergence_kwargs=params, temperature=temperature)
+    assert_same_as_plain(
+        kw,
+        chunk_size,
+        fused=fused and labels,
+        divergence=name,
+        divergence_kwargs=params,
+        temperature=temperature,
+    )
 
 
 # --- input errors ---------------------------------------------------------------------------------------

@@ -236,6 +236,13 @@ class TokenDistillObjective(nn.Module):
             }
             mask = mask & rows["valid"][:, :-1]
             divergence = s.divergence
+        # KD and CE both on: one fused gradient per chunk (one pair of head matmuls); the terms below sum to
+        # kd_weight * divergence + ce_weight * nll_sum, the only combination the fused gradient supports
+        fused = (
+            {"kd_weight": s.kd_weight, "ce_weight": s.ce_weight}
+            if s.kd_weight > 0 and s.ce_weight > 0
+            else {}
+        )
         result = chunked_distill_loss(
             hidden,
             head.weight,
@@ -248,6 +255,7 @@ class TokenDistillObjective(nn.Module):
             scale_by_t2=s.scale_by_t2,
             num_tokens=1,  # a sum: the loop divides by the window's token count
             chunk_size=s.chunk_size,
+            **fused,
             **teacher_kwargs,
         )
         terms = {f"kd/{s.divergence}": s.kd_weight * result.divergence}

@@ -98,7 +98,9 @@ def _log_softmax_rows(logits: Tensor, mask: Tensor | None, temperature: float, d
     z = logits.to(dtype)
     if mask is not None:
         z = torch.where(mask.unsqueeze(-1), z, torch.zeros((), dtype=dtype, device=z.device))
-    return F.log_softmax(z / temperature, dim=-1)
+    if temperature != 1.0:  # x / 1 == x: skip a (..., V) copy
+        z = z / temperature
+    return F.log_softmax(z, dim=-1)
 
 
 def _safe_logsumexp(x: Tensor, dim: int) -> Tensor:

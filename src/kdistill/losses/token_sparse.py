@@ -81,6 +81,43 @@ def _check_sparse_inputs(student_logits: Tensor, teacher_ids: Tensor, teacher_lo
         raise ValueError(f"teacher top-k ({k}) exceeds the student's vocabulary ({vocab})")
 
 
+def _present(teacher_ids: Tensor, mask: Tensor | None) -> Tensor:
+    """(..., k) bool: the teacher entries that count (a real id, on an unmasked row)."""
+    present = teacher_ids >= 0
+    if mask is not None:
+        present = present & mask.unsqueeze(-1)  # masked rows: no teacher entry, garbage never read
+    return present
+
+
+def _scatter_ids(teacher_ids: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    """Ids safe to gather/scatter with, (..., k), and (..., 1) whether the row has any present entry.
+
+    Absent entries point at the row's largest id (itself present if any entry is), so that a scatter writes
+    one consistent value per index; a row with no entry points at index 0.
+    """
+    row_max = teacher_ids.masked_fill(~present, ABSENT).amax(dim=-1, keepdim=True)  # (..., 1)
+    return torch.where(present, teacher_ids, row_max).clamp_min(0), row_max >= 0
+
+
+def _teacher_bucket_log_probs(
+    teacher_logprobs: Tensor, present: Tensor, vocab: int, temperature: float, dtype: torch.dtype
+) -> Tensor:
+    """The teacher's log-probabilities over the k + 1 categories, tempered: (..., k) -> (..., k + 1).
+
+    Top-k log-probs at T = 1 plus log(1 - their mass), then softmax over the k + 1 logits / T.
+    """
+    neg_inf = torch.full((), -math.inf, dtype=dtype, device=teacher_logprobs.device)
+    t_top = torch.where(present, teacher_logprobs.to(dtype), neg_inf)  # (..., k)
+    top_mass = _safe_logsumexp(t_top, dim=-1).clamp_max(0.0)  # (...,) log of the top-k mass
+    tail_prob = (-torch.expm1(top_mass)).clamp_min(torch.finfo(dtype).tiny)
+    covers_vocab = present.sum(dim=-1) == vocab  # distinct ids covering V: the tail is empty
+    t_tail = torch.where(covers_vocab, neg_inf, tail_prob.log())  # (...,)
+    logits = torch.cat([t_top, t_tail.unsqueeze(-1)], dim=-1)
+    if temperature != 1.0:  # x / 1 == x: skip the copy
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1)
+
+
 def _bucketed_log_probs(
     student_logits: Tensor,
     teacher_ids: Tensor,
@@ -90,31 +127,48 @@ def _bucketed_log_probs(
 ) -> tuple[Tensor, Tensor]:
     """Student and teacher log-probabilities over the k + 1 categories (top-k, tail): two (..., k + 1)."""
     dtype = compute_dtype(student_logits, teacher_logprobs)
-    vocab = student_logits.shape[-1]
-    present = teacher_ids >= 0  # (..., k)
-    if mask is not None:
-        present = present & mask.unsqueeze(-1)  # masked rows: no teacher entry, garbage never read
+    present = _present(teacher_ids, mask)  # (..., k)
     neg_inf = torch.full((), -math.inf, dtype=dtype, device=student_logits.device)
 
     # student: full tempered softmax, gathered at the k ids, the rest summed into the tail
     log_p_s = _log_softmax_rows(student_logits, mask, temperature, dtype)  # (..., V)
-    # absent entries point at the row's largest id (itself present if any entry is) so that the scatter
-    # below writes one consistent value per index; a row with no entry scatters False at index 0
-    row_max = teacher_ids.masked_fill(~present, ABSENT).amax(dim=-1, keepdim=True)  # (..., 1)
-    ids = torch.where(present, teacher_ids, row_max).clamp_min(0)  # (..., k)
-    in_top_k = torch.zeros_like(log_p_s, dtype=torch.bool).scatter(-1, ids, present | (row_max >= 0))
+    ids, any_present = _scatter_ids(teacher_ids, present)  # (..., k), (..., 1)
+    in_top_k = torch.zeros_like(log_p_s, dtype=torch.bool).scatter(-1, ids, present | any_present)
     s_top = torch.where(present, log_p_s.gather(-1, ids), neg_inf)  # (..., k)
     s_tail = _safe_logsumexp(log_p_s.masked_fill(in_top_k, -math.inf), dim=-1)  # (..., )
 
-    # teacher: top-k log-probs at T = 1 plus log(1 - their mass), then tempered over the k + 1 categories
-    t_top = torch.where(present, teacher_logprobs.to(dtype), neg_inf)  # (..., k)
-    top_mass = _safe_logsumexp(t_top, dim=-1).clamp_max(0.0)  # (...,) log of the top-k mass
-    tail_prob = (-torch.expm1(top_mass)).clamp_min(torch.finfo(dtype).tiny)
-    covers_vocab = present.sum(dim=-1) == vocab  # distinct ids covering V: the tail is empty
-    t_tail = torch.where(covers_vocab, neg_inf, tail_prob.log())  # (...,)
-    log_p_t = F.log_softmax(torch.cat([t_top, t_tail.unsqueeze(-1)], dim=-1) / temperature, dim=-1)
-
+    log_p_t = _teacher_bucket_log_probs(
+        teacher_logprobs, present, student_logits.shape[-1], temperature, dtype
+    )
     return torch.cat([s_top, s_tail.unsqueeze(-1)], dim=-1), log_p_t
+
+
+# Per-token divergence over the k + 1 buckets, built from a function's own parameters: (log_p_s, log_p_t)
+# (..., k + 1) -> (...). The public functions below use these, and `chunked_distill_loss` looks them up by
+# function (SPARSE_PER_TOKEN) to differentiate on the k + 1 buckets instead of through the whole vocabulary.
+PerToken = Callable[[Tensor, Tensor], Tensor]
+
+
+def _forward_kl_per_token() -> PerToken:
+    return _per_token_forward_kl
+
+
+def _reverse_kl_per_token() -> PerToken:
+    return _per_token_reverse_kl
+
+
+def _generalized_jsd_per_token(beta: float = 0.5) -> PerToken:
+    _check_unit_interval("beta", beta, closed_right=True)
+    return lambda ls, lt: _per_token_generalized_jsd(ls, lt, beta)
+
+
+def _skew_kl_per_token(alpha: float = 0.1, reverse: bool = False) -> PerToken:
+    _check_unit_interval("alpha", alpha, closed_right=False)
+    return lambda ls, lt: _per_token_skew_kl(ls, lt, alpha, reverse)
+
+
+def _tvd_per_token() -> PerToken:
+    return _per_token_tvd
 
 
 def _sparse(
@@ -213,9 +267,8 @@ def sparse_generalized_jsd(
     beta in [0, 1]; beta = 0 gives KL(p_t || p_s), beta = 1 gives KL(p_s || p_t) (as the dense
     `generalized_jsd`). Shapes and reduction as `sparse_forward_kl`.
     """
-    _check_unit_interval("beta", beta, closed_right=True)
     return _sparse(
-        lambda ls, lt: _per_token_generalized_jsd(ls, lt, beta),
+        _generalized_jsd_per_token(beta),
         student_logits,
         teacher_ids,
         teacher_logprobs,
@@ -246,9 +299,8 @@ def sparse_skew_kl(
 
     alpha in [0, 1). Shapes and reduction as `sparse_forward_kl`.
     """
-    _check_unit_interval("alpha", alpha, closed_right=False)
     return _sparse(
-        lambda ls, lt: _per_token_skew_kl(ls, lt, alpha, reverse),
+        _skew_kl_per_token(alpha, reverse),
         student_logits,
         teacher_ids,
         teacher_logprobs,
@@ -302,3 +354,11 @@ SPARSE_TOKEN_DIVERGENCES.add(
     "skew_kl", sparse_skew_kl, "DistiLLM skew KL (alpha=0.1) on top-k + tail buckets"
 )
 SPARSE_TOKEN_DIVERGENCES.add("tvd", sparse_tvd, "total variation distance on top-k + tail buckets")
+
+SPARSE_PER_TOKEN: dict[Callable[..., Tensor], Callable[..., PerToken]] = {
+    sparse_forward_kl: _forward_kl_per_token,
+    sparse_reverse_kl: _reverse_kl_per_token,
+    sparse_generalized_jsd: _generalized_jsd_per_token,
+    sparse_skew_kl: _skew_kl_per_token,
+    sparse_tvd: _tvd_per_token,
+}
