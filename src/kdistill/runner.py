@@ -101,6 +101,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def run_record(
+    cfg: Any, run_dir: Path, started: str, t0: float, *, seeds: list[int], device: str, **extra: Any
+) -> dict[str, Any]:
+    """The `run` block of metrics.json: which run this was, when, and how long this session took."""
+    return {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": cfg.config_hash(),
+        "seeds": seeds,
+        "device": device,
+        **extra,
+        "wall_seconds_this_session": round(time.perf_counter() - t0, 1),
+    }
+
+
 def _progress_factory(progress: Progress | None) -> Callable[[str, int], Callable[[int], None]]:
     def factory(label: str, total: int) -> Callable[[int], None]:
         if progress is None:
@@ -186,17 +203,9 @@ def run(
                 trained.append(train_scratch(ctx, seed))
             trained.extend(METHODS.get(cfg.method.name)(ctx, seed))
     metrics = evaluate_models(cfg, ctx, trained)
-    metrics["run"] = {
-        "name": cfg.name,
-        "run_dir": str(run_dir),
-        "started": manifest["started"],
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config_hash": cfg.config_hash(),
-        "seeds": cfg.seeds,
-        "device": str(device),
-        "method": cfg.method.name,
-        "wall_seconds_this_session": round(time.perf_counter() - t0, 1),
-    }
+    metrics["run"] = run_record(
+        cfg, run_dir, manifest["started"], t0, seeds=cfg.seeds, device=str(device), method=cfg.method.name
+    )
     write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
     atomic_write_text(run_dir / METRICS, json.dumps(metrics, indent=2))  # last: marks the run finished
     return RunResult(run_dir, metrics, existing is not None)
