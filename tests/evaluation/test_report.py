@@ -225,6 +225,20 @@ def test_plots_accept_names_that_look_like_mathtext(tmp_path):
     assert plot_learning_curves(metrics, tmp_path / "l.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # IHDR width, right after the 8-byte signature
+
+
+def test_learning_curves_drop_the_accuracy_panel_when_nothing_held_out_was_logged(tmp_path):
+    metrics = copy.deepcopy(_metrics())
+    assert any("val_accuracy" in entry for entry in metrics["history"])
+    two_panels = _png_width(plot_learning_curves(metrics, tmp_path / "two.png"))
+    for entry in metrics["history"]:
+        entry.pop("val_accuracy", None)  # LM and encoder runs log only the training loss
+    one_panel = _png_width(plot_learning_curves(metrics, tmp_path / "one.png"))
+    assert one_panel < 0.75 * two_panels
+
+
 def test_plots_are_written_where_asked(tmp_path):
     metrics = copy.deepcopy(_metrics())
     assert plot_tradeoff(metrics, tmp_path / "t.png") == tmp_path / "t.png"

@@ -365,9 +365,15 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
         if step is not None and val_accuracy is not None:
             accuracy_curves.setdefault(key, {})[step] = 100 * val_accuracy
 
-    figure = Figure(figsize=(11, 4.2), layout="constrained")
-    loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for axes, curves in ((loss_axes, loss_curves), (accuracy_axes, accuracy_curves)):
+    if accuracy_curves:
+        figure = Figure(figsize=(11, 4.2), layout="constrained")
+        loss_axes, accuracy_axes = figure.subplots(1, 2)
+        panels = ((loss_axes, loss_curves), (accuracy_axes, accuracy_curves))
+    else:  # no held-out accuracy during training (LM and encoder runs): the loss panel alone
+        figure = Figure(figsize=(6.5, 4.2), layout="constrained")
+        loss_axes, accuracy_axes = figure.subplots(1, 1), None
+        panels = ((loss_axes, loss_curves),)
+    for axes, curves in panels:
         labelled: set[str] = set()
         for (model, _seed), points in sorted(
             curves.items(), key=lambda item: list(colours).index(item[0][0])
@@ -384,11 +390,13 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
         if not curves:
             axes.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=axes.transAxes)
     loss_axes.set(title="training loss (all terms)", xlabel="step", ylabel="loss")
-    accuracy_axes.set(
-        title="held-out accuracy (not used for model selection)", xlabel="step", ylabel="accuracy (%)"
-    )
+    if accuracy_axes is not None:
+        accuracy_axes.set(
+            title="held-out accuracy (not used for model selection)", xlabel="step", ylabel="accuracy (%)"
+        )
     if loss_curves or accuracy_curves:
-        (loss_axes if loss_curves else accuracy_axes).legend(title="one line per seed", fontsize="small")
+        legend_axes = loss_axes if loss_curves or accuracy_axes is None else accuracy_axes
+        legend_axes.legend(title="one line per seed", fontsize="small")
     figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
     return _save_figure(figure, path)
 
