@@ -146,3 +146,41 @@ def test_encoder_run_reads_files_and_saved_datasets(tmp_path, teacher_dir, sente
         build_encoder_data(
             EncoderCorpusConfig(source="files", files=[str(jsonl)], field="body", held_out_pairs=99)
         )
+
+
+def test_a_student_built_from_a_config_trains_with_a_projection(tmp_path, teacher_dir) -> None:
+    from kdistill.encoders.models import TextEncoder
+
+    config = {
+        "model_type": "bert",
+        "vocab_size": 600,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 64,
+    }
+    cfg = parse_config(
+        {
+            "task": "encoder",
+            "teacher": {"model": str(teacher_dir), "max_seq_length": 32},
+            "corpus": {"limit": 150, "held_out_pairs": 20},
+            "students": [
+                {
+                    "name": "small",
+                    "kind": "config",
+                    "config": config,
+                    "losses": {"cosine": 1.0, "rkd_distance": 0.5},
+                    "train": {"steps": 3, "batch_size": 8},
+                }
+            ],
+            "evaluation": {"spearman_texts": 12, "throughput_texts": 16, "batch_size": 16},
+        }
+    )
+    result = run_encoder(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    row = result.metrics["models"][-1]
+    assert row["name"] == "small" and row["embedding_dim"] == 16
+    assert row["extra_params"] == 16 * 32  # the cosine term sees the student through a 16 -> 32 projection
+    assert set(result.metrics["history"][-1]["terms"]) == {"emb/cosine", "emb/rkd_distance"}
+    saved = load_saved_encoder(result.run_dir / "students" / "small")
+    assert isinstance(saved, TextEncoder) and saved.model.config.num_hidden_layers == 1
