@@ -43,24 +43,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory, sha256_file
+from kdistill.data.shards import (
+    MANIFEST,
+    OWN_FILES,
+    SHARD_NAME,
+    content_key,
+    differing_inputs,
+    utc_now,
+    verify_shard,
+)
+from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory
 
 FORMAT = "kdistill.teacher_signal/1"
-MANIFEST = "manifest.json"
 LOCK = ".lock"
 ABSENT_ID = -1
-_SHARD_NAME = re.compile(r"^shard-(\d{5,})\.safetensors$")
-_OWN_FILES = re.compile(r"^(manifest\.json|\.lock|shard-\d{5,}\.safetensors|\..*\.tmp)$")
 
 
 class TeacherSignalError(ValueError):
@@ -80,8 +84,7 @@ class SignalRows(NamedTuple):
 
 def signal_key(inputs: Mapping[str, Any]) -> str:
     """16 hex of sha256 over the JSON of `inputs` (key order does not matter)."""
-    blob = json.dumps(dict(inputs), sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_key(inputs)
 
 
 def data_fingerprint(examples: Iterable[Mapping[str, Any]], *, extra_field: str | None = None) -> str:
@@ -115,10 +118,6 @@ def default_signal_dir(key: str, cache_root: Path | None = None) -> Path:
 # ---------------------------------------------------------------- small file helpers
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:
     """The manifest of a store directory, None if it has none; raises on a foreign or broken one."""
     path = Path(store_dir) / MANIFEST
@@ -134,24 +133,7 @@ def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _verify_shard(store_dir: Path, entry: Mapping[str, Any], *, sha: bool) -> Path:
-    path = store_dir / entry["file"]
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise TeacherSignalError(f"{path}: listed in {MANIFEST} but missing") from None
-    if size != entry["bytes"]:
-        raise TeacherSignalError(
-            f"{path}: {size} bytes, manifest says {entry['bytes']}: "
-            "the shard was modified or truncated after it was written"
-        )
-    if sha:
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise TeacherSignalError(
-                f"{path}: sha256 mismatch (manifest {entry['sha256'][:12]}..., file {actual[:12]}...): "
-                "the shard was modified or corrupted after it was written"
-            )
-    return path
+    return verify_shard(store_dir, entry, sha=sha, error=TeacherSignalError)
 
 
 def _check_rows(example_id: str, rows: SignalRows, k: int) -> SignalRows:
@@ -221,7 +203,7 @@ class TeacherSignalWriter:
     def open(self) -> WriterOpenReport:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if read_manifest(self.store_dir) is None:
-            strangers = [p.name for p in self.store_dir.iterdir() if not _OWN_FILES.match(p.name)]
+            strangers = [p.name for p in self.store_dir.iterdir() if not OWN_FILES.match(p.name)]
             if strangers:
                 raise TeacherSignalError(
                     f"{self.store_dir}: not empty and not a teacher-signal store (holds {sorted(strangers)[:3]}); "
@@ -243,7 +225,7 @@ class TeacherSignalWriter:
             raise TeacherSignalError(
                 f"{self.store_dir} holds the teacher signal with key {manifest.get('key')} "
                 f"(k={manifest.get('k')}), this capture has key {self.key} (k={self.k}): "
-                f"{_differing_inputs(manifest.get('key_inputs', {}), self.key_inputs)}. "
+                f"{differing_inputs(manifest.get('key_inputs', {}), self.key_inputs)}. "
                 "Signals of different teachers, tokenizers or data never share a directory: "
                 "use another output directory, or leave `out` unset for the per-key default"
             )
@@ -258,12 +240,12 @@ class TeacherSignalWriter:
             "rows": 0,
             "next_shard": 0,
             "complete": False,
-            "created": _utc_now(),
+            "created": utc_now(),
         }
         listed = {s["file"] for s in self.manifest["shards"]}
         removed = []
         for path in sorted(self.store_dir.iterdir()):
-            stale_shard = _SHARD_NAME.match(path.name) and path.name not in listed
+            stale_shard = SHARD_NAME.match(path.name) and path.name not in listed
             if stale_shard or path.name.endswith(".tmp"):  # written but never listed, or a temp file
                 path.unlink()
                 removed.append(path.name)
@@ -357,16 +339,9 @@ class TeacherSignalWriter:
         self._buffer = []
 
     def _write_manifest(self) -> None:
-        self.manifest["updated"] = _utc_now()
+        self.manifest["updated"] = utc_now()
         atomic_write_text(self.store_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
         fsync_dir(self.store_dir)
-
-
-def _differing_inputs(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if not keys:
-        return "same inputs, another key format"
-    return "differs in " + ", ".join(f"{k} ({old.get(k)!r} vs {new.get(k)!r})" for k in keys[:4])
 
 
 # ---------------------------------------------------------------- the reader

@@ -2,7 +2,7 @@
 
 Each text (keyed by its string id) gets one row: the teacher's text embedding, float32 (D,). Epochs then
 read rows instead of running the teacher again. The habits are those of `kdistill.data.teacher_signal`,
-whose helpers this module reuses.
+sharing its shard protocol (`kdistill.data.shards`).
 
 Layout of a cache directory::
 
@@ -39,14 +39,14 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from kdistill.data.teacher_signal import (
-    _OWN_FILES,
-    _SHARD_NAME,
-    TeacherSignalError,
-    _differing_inputs,
-    _utc_now,
-    _verify_shard,
-    signal_key,
+from kdistill.data.shards import (
+    MANIFEST,
+    OWN_FILES,
+    SHARD_NAME,
+    content_key,
+    differing_inputs,
+    utc_now,
+    verify_shard,
 )
 from kdistill.encoders.models import TextEncoder
 from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory
@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 FORMAT = "kdistill.teacher_embeddings/1"
-MANIFEST = "manifest.json"
 LOCK = ".lock"
 
 
@@ -110,7 +109,7 @@ def embedding_cache_key(teacher: TextEncoder, pairs: Sequence[tuple[str, str]]) 
         "data": corpus_fingerprint(pairs),
         "dtype": "float32",
     }
-    return signal_key(inputs), inputs
+    return content_key(inputs), inputs
 
 
 def default_embedding_dir(key: str, cache_root: Path | None = None) -> Path:
@@ -134,11 +133,8 @@ def read_manifest(store_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _verify(store_dir: Path, entry: Mapping[str, Any], *, sha: bool) -> Path:
-    """teacher_signal's shard check (exists, bytes, sha256), raising this module's error."""
-    try:
-        return _verify_shard(store_dir, entry, sha=sha)
-    except TeacherSignalError as err:
-        raise EmbeddingCacheError(str(err)) from None
+    """The shared shard check (exists, bytes, sha256), raising this module's error."""
+    return verify_shard(store_dir, entry, sha=sha, error=EmbeddingCacheError)
 
 
 # ---------------------------------------------------------------- the writer
@@ -175,7 +171,7 @@ class _Writer:
     def open(self) -> tuple[str, ...]:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if read_manifest(self.store_dir) is None:
-            strangers = [p.name for p in self.store_dir.iterdir() if not _OWN_FILES.match(p.name)]
+            strangers = [p.name for p in self.store_dir.iterdir() if not OWN_FILES.match(p.name)]
             if strangers:
                 raise EmbeddingCacheError(
                     f"{self.store_dir}: not empty and not a teacher-embedding cache (holds {sorted(strangers)[:3]})"
@@ -205,7 +201,7 @@ class _Writer:
         if manifest is not None and (manifest.get("key") != self.key or manifest.get("dim") != self.dim):
             raise EmbeddingCacheError(
                 f"{self.store_dir} holds teacher embeddings with key {manifest.get('key')}, this corpus and "
-                f"teacher have key {self.key}: {_differing_inputs(manifest.get('key_inputs', {}), self.key_inputs)}. "
+                f"teacher have key {self.key}: {differing_inputs(manifest.get('key_inputs', {}), self.key_inputs)}. "
                 "Embeddings of different teachers or texts never share a directory: use another one, or "
                 "leave it unset for the per-key default"
             )
@@ -219,12 +215,12 @@ class _Writer:
             "texts": 0,
             "next_shard": 0,
             "complete": False,
-            "created": _utc_now(),
+            "created": utc_now(),
         }
         listed = {s["file"] for s in self.manifest["shards"]}
         removed = []
         for path in sorted(self.store_dir.iterdir()):
-            if (_SHARD_NAME.match(path.name) and path.name not in listed) or path.name.endswith(".tmp"):
+            if (SHARD_NAME.match(path.name) and path.name not in listed) or path.name.endswith(".tmp"):
                 path.unlink()  # written but never listed, or a temp file: a killed writer's leftovers
                 removed.append(path.name)
         for entry in self.manifest["shards"]:
@@ -270,7 +266,7 @@ class _Writer:
             self._write_manifest()
 
     def _write_manifest(self) -> None:
-        self.manifest["updated"] = _utc_now()
+        self.manifest["updated"] = utc_now()
         atomic_write_text(self.store_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
         fsync_dir(self.store_dir)
 
