@@ -255,3 +255,29 @@ def test_two_process_distillation_equals_one_process(model_dir, teacher, example
     weights = load_file(str(tmp_path / "two" / "weights.safetensors"))
     for name, value in single.model.state_dict().items():
         assert torch.allclose(weights[name], value, rtol=0, atol=1e-9), name
+
+
+def test_models_that_transform_their_logits_after_the_head_are_refused() -> None:
+    from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
+
+    from kdistill.lm.distill import backbone_and_head
+
+    shapes = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+    }
+    gemma = AutoModelForCausalLM.from_config(Gemma2Config(**shapes, final_logit_softcapping=30.0))
+    with pytest.raises(
+        ValueError, match=r"Gemma2ForCausalLM transforms its logits .*final_logit_softcapping=30.0"
+    ):
+        backbone_and_head(gemma)
+    gemma.config.final_logit_softcapping = None  # no soft-cap: logits are hidden @ head^T again
+    backbone, head = backbone_and_head(gemma)
+    assert head is gemma.get_output_embeddings()
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(**shapes))
+    assert backbone_and_head(llama)[1] is llama.lm_head
