@@ -203,6 +203,7 @@ def run_encoder(
 
     hf_logging.disable_progress_bar()
     cache_root = cache_root or default_cache_root()
+    teacher_path = resolve_model_ref(cfg.teacher.model)  # a wrong reference fails before a run dir is made
     existing = None if fresh else find_unfinished_run(runs_dir, cfg)
     run_dir = existing or new_run_dir(runs_dir, cfg.name)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -227,7 +228,6 @@ def run_encoder(
         return lambda: progress.update(task, total=1, completed=1) if progress is not None else None
 
     with progress if progress is not None else contextlib.nullcontext():
-        teacher_path = resolve_model_ref(cfg.teacher.model)
         teacher = load_encoder(
             teacher_path,
             pooling=cfg.teacher.pooling,

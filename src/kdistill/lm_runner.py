@@ -59,9 +59,15 @@ _PACKAGE_HINTS = {
 
 
 def resolve_model_ref(ref: str) -> str:
-    """`pkg:<name>[/<subdir>]` -> that directory inside an installed package (found without importing it)."""
+    """`pkg:<name>[/<subdir>]` -> that directory inside an installed package (found without importing it);
+    a local path must exist (anything else is passed on as a hub id, `namespace/name`)."""
     if not ref.startswith("pkg:"):
-        return ref
+        looks_like_path = ref.startswith(("/", ".", "~")) or ref.count("/") > 1
+        if looks_like_path and not Path(ref).expanduser().exists():
+            raise FileNotFoundError(
+                f"teacher.model {ref!r}: no such directory (a hub id has the form namespace/name)"
+            )
+        return str(Path(ref).expanduser()) if ref.startswith("~") else ref
     name, _, subdir = ref.removeprefix("pkg:").partition("/")
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:

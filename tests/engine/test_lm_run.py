@@ -93,6 +93,9 @@ def test_lm_config_errors_name_the_field():
     assert resolve_model_ref("pkg:kdistill/recipes").endswith("kdistill/recipes")  # a folder inside a package
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         resolve_model_ref("pkg:kdistill/no_such_folder")
+    with pytest.raises(FileNotFoundError, match="'/no/such/teacher': no such directory"):
+        resolve_model_ref("/no/such/teacher")
+    assert resolve_model_ref("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
