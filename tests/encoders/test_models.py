@@ -113,6 +113,15 @@ def test_teacher_encode_is_mean_pooled_normalised_last_hidden_state(teacher) -> 
     assert torch.allclose(teacher.encode(TEXTS, batch_size=3), one_by_one, atol=1e-6)
 
 
+def test_encode_batches_by_length_but_returns_the_callers_order(teacher, sentences) -> None:
+    texts = [sentences[0] * 3, "short", sentences[1], "x", sentences[2] * 2, sentences[3]]  # mixed lengths
+    one_by_one = torch.cat([teacher.encode([t]) for t in texts])
+    assert torch.allclose(teacher.encode(texts, batch_size=2), one_by_one, atol=1e-5)
+    static = StaticEmbeddingStudent.from_teacher(teacher, dims=8)
+    assert torch.allclose(static.encode(texts, batch_size=4), torch.cat([static.encode([t]) for t in texts]))
+    assert teacher.encode([], batch_size=4).shape == (0, teacher.embedding_dim)
+
+
 def test_explicit_arguments_override_the_files(teacher_dir) -> None:
     enc = load_encoder(teacher_dir, pooling="cls", normalize=False)
     batch = enc.tokenize(TEXTS[:1])

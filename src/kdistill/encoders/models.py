@@ -302,19 +302,27 @@ def _max_positions(config: PretrainedConfig) -> int:
 
 
 def _encode_batches(encoder: nn.Module, texts: Sequence[str], batch_size: int) -> Tensor:
+    """Embeddings of `texts` in their order, computed in batches of texts of similar length (longest
+    first, as sentence-transformers does): a batch is padded to its longest text, so mixing a long text
+    with short ones would make every short one pay for the padding."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     texts = list(texts)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # stable: ties keep their order
     was_training = encoder.training
     encoder.eval()
     try:
         chunks = [
-            encoder(encoder.tokenize(texts[i : i + batch_size])).float().cpu()
-            for i in range(0, len(texts), batch_size)
+            encoder(encoder.tokenize([texts[i] for i in order[start : start + batch_size]])).float().cpu()
+            for start in range(0, len(texts), batch_size)
         ]
     finally:
         encoder.train(was_training)
-    return torch.cat(chunks) if chunks else torch.zeros(0, encoder.embedding_dim)
+    if not chunks:
+        return torch.zeros(0, encoder.embedding_dim)
+    out = torch.empty(len(texts), chunks[0].shape[1])
+    out[torch.tensor(order)] = torch.cat(chunks)
+    return out
 
 
 def _add_lowercase(tokenizer: PreTrainedTokenizerBase) -> None:
