@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,7 @@ from kdistill.runner import (
     find_unfinished_run,
     new_run_dir,
     run_record,
-    versions,
+    start_manifest,
 )
 
 
@@ -206,18 +204,8 @@ def run_encoder(
     teacher_path = resolve_model_ref(cfg.teacher.model)  # a wrong reference fails before a run dir is made
     existing = None if fresh else find_unfinished_run(runs_dir, cfg)
     run_dir = existing or new_run_dir(runs_dir, cfg.name)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     atomic_write_text(run_dir / CONFIG, cfg.to_yaml())
-    manifest: dict[str, Any] = {
-        "config_hash": cfg.config_hash(),
-        "seeds": [cfg.seed],
-        "started": started,
-        "command": " ".join(sys.argv),
-        "versions": versions(),
-    }
-    if existing:
-        manifest["started"] = json.loads((run_dir / MANIFEST).read_text()).get("started", started)
-        manifest["resumed_at"] = started
+    manifest = start_manifest(cfg, run_dir, resumed=existing is not None, seeds=[cfg.seed])
     atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2))
     t0 = time.perf_counter()
     progress = _progress(console)

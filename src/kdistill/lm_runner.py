@@ -18,9 +18,7 @@ import importlib.util
 import json
 import math
 import random
-import sys
 import time
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,7 @@ from kdistill.runner import (
     find_unfinished_run,
     new_run_dir,
     run_record,
-    versions,
+    start_manifest,
 )
 
 _PACKAGE_HINTS = {
@@ -219,19 +217,9 @@ def run_lm(
         broadcast_object_list(shared)
         run_dir, existing = Path(shared[0]), shared[1]
         console = console if main else None
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write = atomic_write_text if main else (lambda *args, **kwargs: None)
     write(run_dir / CONFIG, cfg.to_yaml())
-    manifest: dict[str, Any] = {
-        "config_hash": cfg.config_hash(),
-        "seeds": [cfg.seed],
-        "started": started,
-        "command": " ".join(sys.argv),
-        "versions": versions(),
-    }
-    if existing:
-        manifest["started"] = json.loads((run_dir / MANIFEST).read_text()).get("started", started)
-        manifest["resumed_at"] = started
+    manifest = start_manifest(cfg, run_dir, resumed=bool(existing), seeds=[cfg.seed])
     write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()

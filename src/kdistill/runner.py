@@ -101,6 +101,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def start_manifest(cfg: Any, run_dir: Path, *, resumed: bool, seeds: list[int]) -> dict[str, Any]:
+    """The first fields of manifest.json; a resumed run keeps its first start time and notes this one."""
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest: dict[str, Any] = {
+        "config_hash": cfg.config_hash(),
+        "seeds": seeds,
+        "started": started,
+        "command": " ".join(sys.argv),
+        "versions": versions(),
+    }
+    if resumed:
+        manifest["started"] = json.loads((run_dir / MANIFEST).read_text()).get("started", started)
+        manifest["resumed_at"] = started
+    return manifest
+
+
 def run_record(
     cfg: Any, run_dir: Path, started: str, t0: float, *, seeds: list[int], device: str, **extra: Any
 ) -> dict[str, Any]:
