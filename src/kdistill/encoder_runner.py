@@ -314,6 +314,7 @@ def run_encoder(
                     if progress is not None:
                         progress.update(bar, completed=entry["step"])
 
+                train_start = time.perf_counter()
                 try:
                     student_history = train_embedding_student(
                         distiller,
@@ -326,8 +327,10 @@ def run_encoder(
                     )
                 except TrainingStopped as err:
                     raise RuntimeError(f"student {spec.name}: training {err}") from None
+                train_seconds = time.perf_counter() - train_start  # this session's share after a resume
                 save_sentence_transformer(student, out_dir)
                 done = {
+                    "train_seconds": round(train_seconds, 3),
                     "history": student_history,
                     "steps": steps,
                     "extra_params": distiller.extra_parameters(),
@@ -348,6 +351,7 @@ def run_encoder(
             students_meta[spec.name] = {
                 "dir": str(out_dir),
                 "steps": done["steps"],
+                "train_seconds": done["train_seconds"],
                 "losses": spec.losses,
                 **done["student"],
             }

@@ -51,6 +51,7 @@ def test_minilm_recipe_runs_end_to_end_in_two_steps_on_a_tiny_teacher(tmp_path, 
         metrics["students"]["layers-2"]["kept_layers"]
     )
     assert len(metrics["students"]["layers-2"]["kept_layers"]) == 2
+    assert all(metrics["students"][n]["train_seconds"] > 0 for n in ("layers-2", "static"))
     assert {h["model"] for h in metrics["history"]} == {"layers-2", "static"}
     assert all(h["step"] <= 2 for h in metrics["history"])
     report = (result.run_dir / "report.html").read_text()
