@@ -87,6 +87,10 @@ def run(
         result = run_experiment(cfg, runs_dir=runs_dir, fresh=fresh, console=None if as_json else console)
     except (TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:
         raise _fail(str(err).strip("'\"")) from None
+    if isinstance(cfg, LMRunConfig):
+        from kdistill.lm.train import close_process_group
+
+        close_process_group()  # under torchrun every process finished the run: leave the group cleanly
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun / accelerate launch only the main process prints
     if as_json:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from kdistill.lm.distill import DistillSettings, OnlineTeacher, TokenDistillObjective
 from kdistill.lm.models import load_causal_lm, model_from_config
-from kdistill.lm.train import SFTConfig, SFTObjective, train_objective
+from kdistill.lm.train import SFTConfig, SFTObjective, close_process_group, train_objective
 
 KD = DistillSettings(divergence="forward_kl", temperature=2.0, ce_weight=0.5, chunk_size=16)
 
@@ -51,11 +51,11 @@ def main() -> None:
     result = train_objective(
         objective, examples, cfg, pad_token_id=0, checkpoint_dir=out / "checkpoints", stop_after=stop_after
     )
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return
-    state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
-    save_file(state, str(out / "weights.safetensors"))
-    (out / "history.json").write_text(json.dumps({"history": result.history, "done": result.steps_done}))
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(out / "weights.safetensors"))
+        (out / "history.json").write_text(json.dumps({"history": result.history, "done": result.steps_done}))
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -219,6 +219,18 @@ def _make_accelerator(mixed_precision: str) -> Accelerator:
         return Accelerator(**kwargs)
 
 
+def close_process_group() -> None:
+    """Leave the torchrun / accelerate process group, if any, once every process got here.
+
+    A process that exits with the group still open can abort in the C++ teardown of gloo's threads
+    ("terminate called without an active exception"), failing a run that finished: call this at the end
+    of a script, never between runs that share the group.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _make_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
     # nanoGPT's rule: decay matrices (weights, embeddings), not vectors (norm scales, biases).
     trainable = [p for p in model.parameters() if p.requires_grad]
