@@ -440,11 +440,21 @@ def generate(
     """Run (or continue) a generation into `config.out`; see the module docstring. Blocking.
 
     `progress` is called with the live `GenerationStats` after every event (on the event loop: keep it
-    cheap). `teacher` overrides the one the config names (tests, custom teachers). Raises
-    `GenerationError` for user errors, `TeacherAuthError` if the endpoint rejects the key,
-    `PromptFileError` for bad prompt files, `GenerationStoreError` for a corrupt output dir.
+    cheap). `teacher` overrides the one the config names (tests, custom teachers); it is closed at the
+    end, as its connections and workers belong to the event loop this call starts and ends (`agenerate`
+    leaves a caller's teacher open). Raises `GenerationError` for user errors, `TeacherAuthError` if the
+    endpoint rejects the key, `PromptFileError` for bad prompt files, `GenerationStoreError` for a corrupt
+    output dir.
     """
-    return asyncio.run(agenerate(config, progress=progress, teacher=teacher))
+
+    async def run_then_close() -> GenerationSummary:
+        try:
+            return await agenerate(config, progress=progress, teacher=teacher)
+        finally:
+            if teacher is not None:
+                await teacher.aclose()
+
+    return asyncio.run(run_then_close())
 
 
 async def agenerate(
@@ -453,7 +463,10 @@ async def agenerate(
     progress: Callable[[GenerationStats], None] | None = None,
     teacher: Teacher | None = None,
 ) -> GenerationSummary:
-    """The async form of `generate` (for callers already inside an event loop)."""
+    """The async form of `generate` (for callers already inside an event loop).
+
+    A `teacher` the caller passes stays open, so one client can serve several runs; the caller closes it.
+    """
     assert config.prompts is not None and config.out is not None  # the config validator saw to it
     prompts = load_prompts(config.prompts)
     s = config.sampling
@@ -465,13 +478,15 @@ async def agenerate(
         top_logprobs=s.top_logprobs,
     )
     secret = None
+    owned = teacher is None  # a teacher the caller passed stays open for the caller's next use
     if teacher is None:
         teacher, secret = build_teacher(config, params)
     try:
         run = _Run(config, prompts, teacher, secret, progress)
         return await run.execute()
     finally:
-        await teacher.aclose()
+        if owned:
+            await teacher.aclose()
 
 
 class _Run:

@@ -350,3 +350,49 @@ def test_record_ids_depend_on_everything_that_changes_an_answer():
         record_id(p, teacher, sampling, 1),
     ]
     assert len({base, *variants}) == len(variants) + 1
+
+
+class _CountingTeacher:
+    """Wraps a built teacher; records whether generate() closed it."""
+
+    def __init__(self, inner):
+        self.inner, self.closed = inner, False
+        self.identity, self.max_in_flight = inner.identity, inner.max_in_flight
+
+    async def complete(self, request):
+        assert not self.closed, "used after close"
+        return await self.inner.complete(request)
+
+    async def aclose(self):
+        self.closed = True
+        await self.inner.aclose()
+
+
+def test_a_teacher_the_caller_passes_stays_open_between_async_runs(server, prompts_file, tmp_path):
+    """agenerate() closes only a teacher it built: one client serves two runs in the caller's loop;
+    generate(), which owns its event loop, closes the teacher at the end of that loop."""
+    import asyncio
+
+    from kdistill.generation import SamplingParams, agenerate, build_teacher
+
+    params = SamplingParams(max_tokens=512, temperature=1.0, top_p=1.0)
+    first, second = (
+        _config(server, prompts_file(2, "two.jsonl"), tmp_path / "a"),
+        _config(server, prompts_file(3, "three.jsonl"), tmp_path / "b"),
+    )
+
+    async def two_runs():
+        teacher = _CountingTeacher(build_teacher(first, params)[0])
+        done = [(await agenerate(cfg, teacher=teacher)).committed for cfg in (first, second)]
+        still_open = not teacher.closed
+        await teacher.aclose()
+        return done, still_open
+
+    assert asyncio.run(two_runs()) == ([2, 3], True)
+
+    teacher = _CountingTeacher(build_teacher(first, params)[0])
+    assert (
+        generate(_config(server, prompts_file(1, "one.jsonl"), tmp_path / "c"), teacher=teacher).committed
+        == 1
+    )
+    assert teacher.closed
