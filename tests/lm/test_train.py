@@ -50,6 +50,49 @@ def test_response_nll_sum_is_the_masked_token_nll(tiny_model, examples):
     assert response_nll_sum(logits, torch.full_like(batch["labels"], -100)).item() == 0.0
 
 
+def test_sft_objective_from_hidden_states_equals_the_full_logits_loss(model_dir, examples):
+    """The chunked SFT loss (never forms the logits) has the full-logits loss's value and gradients, for
+    every parameter (tied head included), at a chunk size that splits the batch."""
+    from kdistill.lm.train import SFTObjective
+
+    batch = collate(examples[:4], pad_token_id=0)
+    results = []
+    for chunk_size in (None, 7):
+        model = load_causal_lm(model_dir, dtype=torch.float64)
+        objective = SFTObjective(model, chunk_size=chunk_size)
+        assert objective.chunk_size == chunk_size
+        nll = objective(batch)["nll"]
+        nll.backward()
+        results.append((nll.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert chunked == pytest.approx(plain, rel=1e-12)
+    assert plain_grads.keys() == chunked_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_sft_objective_takes_the_full_logits_of_a_model_that_soft_caps_them():
+    """Gemma 2 soft-caps its logits after the head: hidden @ head is not its distribution, so SFT must use
+    the model's own logits, and its loss is the model's."""
+    from transformers import Gemma2Config
+
+    from kdistill.lm.train import SFTObjective
+
+    shapes = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    shapes |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}
+    torch.manual_seed(0)
+    gemma = AutoModelForCausalLM.from_config(Gemma2Config(**shapes, final_logit_softcapping=2.0))
+    objective = SFTObjective(gemma)
+    assert objective.chunk_size is None
+    ids = torch.randint(1, 64, (2, 6))
+    labels = ids.clone()
+    labels[:, :2] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    logits = gemma(input_ids=ids).logits
+    assert logits.abs().max() <= 2.0  # the cap is in force
+    assert objective(batch)["nll"].item() == pytest.approx(response_nll_sum(logits, labels).item(), rel=1e-6)
+
+
 def test_lr_multiplier_warmup_then_decay():
     kw = {"warmup_steps": 4, "total_steps": 14}
     assert [lr_multiplier(s, schedule="cosine", **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from kdistill.data.teacher_signal import TeacherSignal
+from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate
 from kdistill.losses.chunked import chunked_distill_loss
 from kdistill.losses.hidden import HIDDEN_LOSSES
@@ -97,34 +98,6 @@ class DistillSettings:
             raise ValueError("DistillSettings weights must be >= 0")
         if self.chunk_size < 1 or self.on_policy_max_new_tokens < 1:
             raise ValueError("DistillSettings.chunk_size and on_policy_max_new_tokens must be >= 1")
-
-
-def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The decoder stack (returns last_hidden_state, after the final norm) and the output head of a
-    transformers causal LM, through a peft wrapper if there is one."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone, head = core.base_model, core.get_output_embeddings()
-    if backbone is core or head is None:
-        raise ValueError(f"{type(core).__name__} is not a causal LM with a separate backbone and output head")
-    # the chunked loss forms logits as hidden @ head^T (+ bias); models that transform them after the head
-    # would silently get the wrong distributions, so they are refused until the loss applies the transform
-    config = getattr(core, "config", None)
-    changed = {
-        key: value
-        for key, neutral in _LOGIT_TRANSFORMS.items()
-        if (value := getattr(config, key, neutral)) not in (neutral, None)
-    }
-    if changed:
-        settings = ", ".join(f"{k}={v}" for k, v in changed.items())
-        raise ValueError(
-            f"{type(core).__name__} transforms its logits after the output head ({settings}); the chunked "
-            "token loss does not apply that yet, so white-box distillation of this model is not supported"
-        )
-    return backbone, head
-
-
-# config field -> its neutral value: Gemma 2/3 soft-cap the logits, Cohere scales them, Granite divides them
-_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}
 
 
 class CachedTeacher:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -26,6 +27,7 @@ from transformers import (
 from kdistill.evaluation.metrics import count_parameters, size_on_disk_bytes
 
 __all__ = [
+    "backbone_and_head",
     "count_parameters",
     "directory_size_bytes",
     "is_saveable",
@@ -159,3 +161,31 @@ def model_from_config(
 def directory_size_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of every file under `path`: what a saved model directory costs to ship."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The decoder stack (returns last_hidden_state, after the final norm) and the output head of a
+    transformers causal LM, through a peft wrapper if there is one."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone, head = core.base_model, core.get_output_embeddings()
+    if backbone is core or head is None:
+        raise ValueError(f"{type(core).__name__} is not a causal LM with a separate backbone and output head")
+    # the chunked loss forms logits as hidden @ head^T (+ bias); models that transform them after the head
+    # would silently get the wrong distributions, so they are refused until the loss applies the transform
+    config = getattr(core, "config", None)
+    changed = {
+        key: value
+        for key, neutral in _LOGIT_TRANSFORMS.items()
+        if (value := getattr(config, key, neutral)) not in (neutral, None)
+    }
+    if changed:
+        settings = ", ".join(f"{k}={v}" for k, v in changed.items())
+        raise ValueError(
+            f"{type(core).__name__} transforms its logits after the output head ({settings}); the chunked "
+            "token loss does not apply that yet, so white-box distillation of this model is not supported"
+        )
+    return backbone, head
+
+
+# config field -> its neutral value: Gemma 2/3 soft-cap the logits, Cohere scales them, Granite divides them
+_LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logit_scale": 1.0, "logits_scaling": 1.0}

@@ -45,7 +45,9 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
+from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
+from kdistill.losses.chunked import chunked_cross_entropy
 from kdistill.losses.numerics import compute_dtype
 from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from kdistill.training.loop import TrainingDiverged, batch_indices
@@ -273,15 +275,41 @@ class Objective(nn.Module):
 
 
 class SFTObjective(Objective):
-    """Negative log-likelihood of the response tokens: learn the teacher's answers as text."""
+    """Negative log-likelihood of the response tokens: learn the teacher's answers as text.
 
-    def __init__(self, student: nn.Module) -> None:
+    For a transformers causal LM the loss is computed from the last hidden states and the head weights
+    `chunk_size` tokens at a time (`chunked_cross_entropy`): the (batch, seq, vocab) logits and their
+    gradient are never formed, which at a 150k vocabulary is most of a small model's training memory.
+    Models whose logits are not plain hidden @ head (soft-capped, scaled: see `backbone_and_head`), other
+    modules, or chunk_size=None take the full logits.
+    """
+
+    def __init__(self, student: nn.Module, *, chunk_size: int | None = 1024) -> None:
         super().__init__()
         self.student = student
+        self.chunk_size = chunk_size if chunk_size is not None and _plain_head(student) else None
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return {"nll": response_nll_sum(logits, batch["labels"])}
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if self.chunk_size is None:
+            logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+            return {"nll": response_nll_sum(logits, labels)}
+        backbone, head = backbone_and_head(self.student)  # through a LoRA wrapper attached after __init__
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+        nll = chunked_cross_entropy(
+            hidden, head.weight, head_bias=head.bias, labels=targets, chunk_size=self.chunk_size
+        )
+        return {"nll": nll}
+
+
+def _plain_head(model: nn.Module) -> bool:
+    """Whether `model`'s logits are exactly backbone hidden states @ head weights (+ bias)."""
+    try:
+        backbone_and_head(model)
+    except (ValueError, AttributeError):
+        return False
+    return True
 
 
 def train_sft(

@@ -1,6 +1,6 @@
 """Loss functions as pure functions of tensors, one family per module; importing this registers them all."""
 
-from kdistill.losses.chunked import ChunkedLoss, chunked_distill_loss
+from kdistill.losses.chunked import ChunkedLoss, chunked_cross_entropy, chunked_distill_loss
 from kdistill.losses.embedding import (
     EMBEDDING_LOSSES,
     embedding_cosine,
@@ -37,6 +37,7 @@ __all__ = [
     "SPARSE_TOKEN_DIVERGENCES",
     "TOKEN_DIVERGENCES",
     "attention_transfer",
+    "chunked_cross_entropy",
     "chunked_distill_loss",
     "cross_entropy",
     "dkd",

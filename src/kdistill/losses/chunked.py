@@ -395,6 +395,34 @@ def _dense_forward_kl_chunk(
     return values, [grad, e1]
 
 
+@dataclass(frozen=True)
+class _LabelTerms:
+    """The CE of one chunk alone (no teacher): what `chunked_cross_entropy` sums. Chunks hold only rows
+    with a label, so every row counts."""
+
+    labels: Tensor  # (N,) int
+
+    count = 1
+
+    def chunk(
+        self, logits: Tensor, rows: Rows, weights: _Weights | None
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """[nll summed over the chunk], and [weights.div * (softmax(z) - onehot(label))], formed in place in
+        the chunk's own (c, V) buffer."""
+        labels = self.labels[rows].unsqueeze(1)  # (c, 1)
+        z = logits.to(compute_dtype(logits))  # (c, V)
+        z_label = z.gather(1, labels).squeeze(1)  # (c,)
+        m = z.amax(dim=1, keepdim=True)  # (c, 1)
+        e = z.sub_(m).exp_()  # exp(z - max), in place
+        total = e.sum(dim=1, keepdim=True)  # (c, 1)
+        values = [(m + total.log()).squeeze(1).sub_(z_label).sum()]
+        if weights is None:
+            return values, []
+        factor = weights.div.to(e.dtype)
+        grad = e.mul_(factor / total)
+        return values, [grad.scatter_add_(1, labels, (-factor).expand(labels.shape).contiguous())]
+
+
 def _chunks(n: int, keep: Tensor | None, chunk_size: int) -> list[Rows]:
     """The chunks of the flat token axis; at least one (possibly empty), so that checks always run."""
     if keep is None:
@@ -415,7 +443,7 @@ def _chunk_pass(
     hidden: Tensor,
     weight: Tensor,
     bias: Tensor | None,
-    terms: _ChunkTerms,
+    terms: _ChunkTerms | _LabelTerms,
     chunks: list[Rows],
     weights: _Weights | None,
     needs: tuple[bool, bool, bool],
@@ -426,8 +454,28 @@ def _chunk_pass(
     (one when fused or without labels, else one per term), [grad_hidden (N, H) in hidden's dtype,
     grad_weight (V, H) and grad_bias (V,) in float32 or wider].
     """
-    need_h, need_w, need_b = needs
+    device_type = hidden.device.type
     dtype = hidden.dtype
+    if torch.is_autocast_enabled(device_type) and dtype == torch.float32:
+        # mixed precision: the head matmuls run in autocast's dtype, as the model's own head would. Autocast
+        # is switched off below, so that every product here has the dtype chosen explicitly.
+        dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, enabled=False):
+        return _chunk_loop(hidden, weight, bias, terms, chunks, weights, needs, dtype)
+
+
+def _chunk_loop(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    terms: _ChunkTerms | _LabelTerms,
+    chunks: list[Rows],
+    weights: _Weights | None,
+    needs: tuple[bool, bool, bool],
+    dtype: torch.dtype,
+) -> tuple[list[Tensor], list[list[Tensor | None]]]:
+    """`_chunk_pass` with the matmul dtype decided: logits and their gradients' products in `dtype`."""
+    need_h, need_w, need_b = needs
     w = weight.to(dtype)  # a copy only if the dtypes differ
     b = None if bias is None else bias.to(dtype)
     acc = compute_dtype(weight)
@@ -442,8 +490,8 @@ def _chunk_pass(
     ]
     sums: list[Tensor | None] = [None] * terms.count
     for rows in chunks:
-        h = hidden[rows]  # (c, H)
-        logits = F.linear(h, w, b)  # (c, V) in the input dtype
+        h = hidden[rows].to(dtype)  # (c, H)
+        logits = F.linear(h, w, b)  # (c, V) in the matmul dtype
         values, chunk_grads = terms.chunk(logits, rows, weights)
         del logits
         for (grad_h, grad_w, grad_b), g in zip(grads, chunk_grads, strict=True):
@@ -451,7 +499,7 @@ def _chunk_pass(
                 grad_b.add_(g.sum(dim=0, dtype=acc))
             g = g.to(dtype)  # (c, V) in the matmul dtype (a copy only for low-precision logits)
             if grad_h is not None:
-                grad_h[rows] = g @ w  # (c, V) @ (V, H) -> (c, H)
+                grad_h[rows] = (g @ w).to(grad_h.dtype)  # (c, V) @ (V, H) -> (c, H)
             if grad_w is not None:
                 _accumulate(grad_w, g.t(), h)  # (V, c) @ (c, H) -> (V, H)
         chunk_grads = g = None  # free this chunk's (c, V) tensors before the next
@@ -530,15 +578,10 @@ def _fused_scale(
     return scale
 
 
-def _check_inputs(
+def _check_student(
     student_hidden: Tensor,
     student_head: Tensor,
     student_head_bias: Tensor | None,
-    teacher_hidden: Tensor | None,
-    teacher_head: Tensor | None,
-    teacher_head_bias: Tensor | None,
-    teacher_ids: Tensor | None,
-    teacher_logprobs: Tensor | None,
     labels: Tensor | None,
     mask: Tensor | None,
     chunk_size: int,
@@ -553,6 +596,39 @@ def _check_inputs(
     vocab = student_head.shape[0]
     if student_head_bias is not None and student_head_bias.shape != (vocab,):
         raise ValueError(f"student_head_bias must be ({vocab},), got {tuple(student_head_bias.shape)}")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
+        if mask.shape != lead:
+            raise ValueError(
+                f"mask {tuple(mask.shape)} does not match the leading shape {tuple(lead)} of student_hidden"
+            )
+    if labels is not None:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        if labels.shape != lead:
+            raise ValueError(
+                f"labels {tuple(labels.shape)} does not match the leading shape {tuple(lead)} of student_hidden"
+            )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _check_inputs(
+    student_hidden: Tensor,
+    student_head: Tensor,
+    student_head_bias: Tensor | None,
+    teacher_hidden: Tensor | None,
+    teacher_head: Tensor | None,
+    teacher_head_bias: Tensor | None,
+    teacher_ids: Tensor | None,
+    teacher_logprobs: Tensor | None,
+    labels: Tensor | None,
+    mask: Tensor | None,
+    chunk_size: int,
+) -> None:
+    _check_student(student_hidden, student_head, student_head_bias, labels, mask, chunk_size)
+    lead, vocab = student_hidden.shape[:-1], student_head.shape[0]
     dense = teacher_hidden is not None or teacher_head is not None
     sparse = teacher_ids is not None or teacher_logprobs is not None
     if dense == sparse:
@@ -585,22 +661,6 @@ def _check_inputs(
                 f"teacher_ids {tuple(teacher_ids.shape)} / teacher_logprobs {tuple(teacher_logprobs.shape)} do not "
                 f"match student_hidden {tuple(student_hidden.shape)}: expected (..., k) with leading shape {tuple(lead)}"
             )
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        if mask.shape != lead:
-            raise ValueError(
-                f"mask {tuple(mask.shape)} does not match the leading shape {tuple(lead)} of student_hidden"
-            )
-    if labels is not None:
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-        if labels.shape != lead:
-            raise ValueError(
-                f"labels {tuple(labels.shape)} does not match the leading shape {tuple(lead)} of student_hidden"
-            )
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
 
 
 def chunked_distill_loss(
@@ -733,3 +793,35 @@ def chunked_distill_loss(
         tokens=tokens,
         label_tokens=None if flat_labels is None else (flat_labels != IGNORE_INDEX).sum(),
     )
+
+
+def chunked_cross_entropy(
+    hidden: Tensor,
+    head: Tensor,
+    *,
+    labels: Tensor,
+    head_bias: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """The language-model loss from hidden states and head weights, never forming more than `chunk_size`
+    rows of logits: sum over tokens with labels != -100 of -log softmax(hidden @ head^T + bias)[label].
+
+    A 0-dim sum (float32, or float64 for float64 inputs); divide by the label count for a mean. Shapes as
+    in `chunked_distill_loss` (hidden (..., H) already shifted so position t predicts labels_t; head (V, H);
+    labels the leading shape). Value and gradients equal F.cross_entropy(reduction="sum") on the full
+    logits; the gradient, softmax - onehot, is formed in the forward chunk by chunk (one (c, V) buffer),
+    so fine-tuning at a 150k vocabulary never holds the (tokens, V) logits or their gradient.
+    """
+    _check_student(hidden, head, head_bias, labels, None, chunk_size)
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (..., H) -> (N, H)
+    flat_labels = labels.reshape(-1).to(hidden.device)  # (N,)
+    chunks = _chunks(flat.shape[0], flat_labels != IGNORE_INDEX, chunk_size)
+    terms = _LabelTerms(flat_labels)
+    one = torch.ones((), dtype=compute_dtype(hidden), device=hidden.device)
+    inputs = (hidden, head, head_bias)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+        # the head loss with one term whose factor is 1: its "divergence" output is the nll sum
+        nll_sum, _ = _ChunkedHeadLoss.apply(flat, head, head_bias, terms, chunks, one, None)
+        return nll_sum
+    sums, _ = _chunk_pass(flat, head, head_bias, terms, chunks, None, (False,) * 3)
+    return sums[0]
