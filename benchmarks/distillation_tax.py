@@ -11,14 +11,17 @@ initialised teacher of the same vocabulary (`--teacher-layers` blocks) into a te
 through `CachedTeacher(TeacherSignal(store))`, as `kdistill run` does.
 
 Arms, all trained by `kdistill.lm.train.train_objective` (AdamW, lr 1e-4, grad clip 1.0, cosine schedule):
-  sft       SFTObjective: the student's full (B, T, V) logits -> cross-entropy (`response_nll_sum`).
+  sft       SFTObjective as runs use it: cross-entropy from the last hidden states and the head weights,
+            chunk by chunk (`chunked_cross_entropy`, chunk_size 1024), never the full logits.
+  sft-plain SFTObjective(chunk_size=None): the student's full (B, T, V) logits -> cross-entropy
+            (`response_nll_sum`), what SFT did before the chunked CE.
   kd        TokenDistillObjective + CachedTeacher, sparse forward KL(teacher || student) over the top-k + tail
             buckets at T = 1, ce_weight 0: the chunked loss (`chunked_distill_loss`, default chunk_size 1024),
             which never forms the whole logits and computes the head gradients inside its forward.
   kd+ce     the same plus the CE term (ce_weight 1): the usual KD + SFT mix; the objective passes kd_weight and
             ce_weight to the chunked loss, which forms one fused gradient (one pair of head matmuls) per chunk.
   kd-plain  benchmark-only objective: the kd loss on the full logits (model forward -> logits ->
-            `sparse_forward_kl`), no chunking. kd-plain vs sft is the cost of the loss itself; kd vs kd-plain
+            `sparse_forward_kl`), no chunking. kd-plain vs sft-plain is the cost of the loss itself; kd vs kd-plain
             is the cost (or gain) of the chunked path.
 
 What is timed: each run gets `on_log` with log_every=1 and records `time.perf_counter()` when step s ends; the
@@ -71,7 +74,7 @@ SMOLLM2_LIKE = {
     "bos_token_id": 1,
     "eos_token_id": 2,
 }
-ARMS = ("sft", "kd", "kd+ce", "kd-plain")
+ARMS = ("sft", "kd", "kd+ce", "kd-plain", "sft-plain")
 
 
 def random_examples(n: int, seq: int, vocab: int, seed: int) -> list[dict[str, Any]]:
@@ -116,6 +119,8 @@ def make_objective(arm: str, student: nn.Module, signal: Any) -> nn.Module:
 
     if arm == "sft":
         return SFTObjective(student)
+    if arm == "sft-plain":
+        return SFTObjective(student, chunk_size=None)
     if arm == "kd-plain":
         return plain_topk_objective(student, signal)
     settings = DistillSettings(
