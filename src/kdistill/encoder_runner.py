@@ -35,6 +35,7 @@ from kdistill.runner import (
     MANIFEST,
     METRICS,
     RunResult,
+    TrainClock,
     find_unfinished_run,
     new_run_dir,
     run_record,
@@ -310,11 +311,13 @@ def run_encoder(
                 )
                 bar = progress.add_task(f"train: {spec.name}", total=steps) if progress else None
 
-                def on_log(entry: dict[str, Any], bar: Any = bar) -> None:
+                clock = TrainClock(job / "train_clock.json")
+
+                def on_log(entry: dict[str, Any], bar: Any = bar, clock: TrainClock = clock) -> None:
+                    clock.tick()
                     if progress is not None:
                         progress.update(bar, completed=entry["step"])
 
-                train_start = time.perf_counter()
                 try:
                     student_history = train_embedding_student(
                         distiller,
@@ -327,10 +330,9 @@ def run_encoder(
                     )
                 except TrainingStopped as err:
                     raise RuntimeError(f"student {spec.name}: training {err}") from None
-                train_seconds = time.perf_counter() - train_start  # this session's share after a resume
                 save_sentence_transformer(student, out_dir)
                 done = {
-                    "train_seconds": round(train_seconds, 3),
+                    "train_seconds": round(clock.seconds, 3),  # every session's share of a resumed job
                     "history": student_history,
                     "steps": steps,
                     "extra_params": distiller.extra_parameters(),
@@ -346,6 +348,7 @@ def run_encoder(
             models.append(_model_row(f"{label} (before)", "before", spec.kind, done["before"], teacher_eval))
             row = _model_row(label, "distilled", spec.kind, after, teacher_eval)
             row["extra_params"] = done["extra_params"]
+            row["train_seconds"] = done["train_seconds"]
             models.append(row)
             history.extend({"model": label, "seed": cfg.seed, **h} for h in done["history"])
             students_meta[spec.name] = {

@@ -44,6 +44,7 @@ from kdistill.runner import (
     MANIFEST,
     METRICS,
     RunResult,
+    TrainClock,
     find_unfinished_run,
     new_run_dir,
     run_record,
@@ -334,6 +335,7 @@ def run_lm(
             manifest["teacher_signal"] = str(signal_dir)
             write(run_dir / MANIFEST, json.dumps(manifest, indent=2))
         arms: dict[str, tuple[torch.nn.Module, list[dict[str, Any]]]] = {}
+        train_seconds: dict[str, float | None] = {}  # per arm, every session's share of a resumed job
         # the first arm trains the initial student itself; the comparison arm starts from a copy of it
         pristine = copy.deepcopy(student) if len(objectives) > 1 else None
         for kind in objectives:
@@ -344,12 +346,15 @@ def run_lm(
             done_file = job / "done.json"
             if (arm_dir / "config.json").is_file() and done_file.is_file():
                 trained = load_causal_lm(arm_dir)
-                arm_history = json.loads(done_file.read_text())["history"]
+                done = json.loads(done_file.read_text())
+                arm_history, arm_seconds = done["history"], done.get("train_seconds")
             else:
                 label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {d.divergence})"
                 task = progress.add_task(label, total=steps) if progress else None
+                clock = TrainClock(job / "train_clock.json", write=main)
 
-                def on_log(entry: dict[str, Any], task: Any = task) -> None:
+                def on_log(entry: dict[str, Any], task: Any = task, clock: TrainClock = clock) -> None:
+                    clock.tick()
                     if progress is not None:
                         progress.update(task, completed=entry.get("step", 0))
 
@@ -368,11 +373,15 @@ def run_lm(
                 )
                 if not result.finished:
                     raise RuntimeError("training stopped early (stop_after)")
-                trained, arm_history = result.model, result.history
+                trained, arm_history, arm_seconds = result.model, result.history, round(clock.seconds, 3)
                 if main:
                     job.mkdir(parents=True, exist_ok=True)
-                write(done_file, json.dumps({"history": arm_history, "steps": steps}))
+                write(
+                    done_file,
+                    json.dumps({"history": arm_history, "steps": steps, "train_seconds": arm_seconds}),
+                )
             arms[kind] = (trained, arm_history)
+            train_seconds[kind] = arm_seconds
         student, history = arms[objectives[0]]
         extra_params = _extra_params(cfg, student, teacher)
         if not main:  # the main process evaluates and reports; the others wait for it and read its metrics
@@ -391,7 +400,12 @@ def run_lm(
         )
 
     def row(
-        name: str, role: str, size: dict[str, int], ev_result: dict[str, Any], extra: int = 0
+        name: str,
+        role: str,
+        size: dict[str, int],
+        ev_result: dict[str, Any],
+        extra: int = 0,
+        seconds: float | None = None,
     ) -> dict[str, Any]:
         return {
             "name": name,
@@ -406,6 +420,7 @@ def run_lm(
             "tokens_per_s": ev_result["new_tokens_per_second"],
             "accuracy": ev_result.get("teacher_agreement"),
             "accuracy_std": 0.0,
+            "train_seconds": seconds,
         }
 
     teacher_size = {
@@ -417,11 +432,21 @@ def run_lm(
         row("student (pruned, before)", "before", student_size, before),
     ]
     if sft_only is not None:
-        models.append(row("student (SFT on answers only)", "sft", student_size, sft_only))
+        models.append(
+            row(
+                "student (SFT on answers only)",
+                "sft",
+                student_size,
+                sft_only,
+                seconds=train_seconds.get("none"),
+            )
+        )
     distilled_name = (
         "student (distilled)" if d.signal == "none" else f"student (KD: {d.signal} {d.divergence})"
     )
-    models.append(row(distilled_name, "distilled", student_size, after, extra_params))
+    models.append(
+        row(distilled_name, "distilled", student_size, after, extra_params, train_seconds[objectives[0]])
+    )
     metrics = {
         "task": "lm",
         "models": models,

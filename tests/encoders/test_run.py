@@ -76,8 +76,19 @@ def test_interrupted_encoder_run_resumes_to_the_same_students(tmp_path, teacher_
     (interrupted,) = list(runs.iterdir())
     assert (interrupted / "jobs" / "layers-2" / "checkpoints" / "latest").is_file()
     assert not (interrupted / "metrics.json").exists()
+    first_session = json.loads((interrupted / "jobs" / "layers-2" / "train_clock.json").read_text())[
+        "seconds"
+    ]
+    assert first_session > 0
     resumed = run_encoder(cfg, runs_dir=runs, cache_root=tmp_path / "cache")
     assert resumed.resumed and resumed.run_dir == interrupted
+    # the training time counts both sessions, and the report row shows it
+    layers_row = next(m for m in resumed.metrics["models"] if m["name"] == "layers-2")
+    assert (
+        layers_row["train_seconds"]
+        == resumed.metrics["students"]["layers-2"]["train_seconds"]
+        > first_session
+    )
     for name in ("layers-2", "static"):
         a = load_saved_encoder(reference.run_dir / "students" / name).state_dict()
         b = load_saved_encoder(resumed.run_dir / "students" / name).state_dict()

@@ -106,8 +106,14 @@ def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
     reference = run_lm(cfg, runs_dir=tmp_path / "ref", cache_root=tmp_path / "cache")
     with pytest.raises(RuntimeError, match="stopped early"):
         run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache", stop_after=3)
+    (cut,) = list((tmp_path / "cut").iterdir())
+    first_session = json.loads((cut / "jobs" / "sft" / "train_clock.json").read_text())["seconds"]
+    assert first_session > 0
     resumed = run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache")
     assert resumed.resumed and len(list((tmp_path / "cut").iterdir())) == 1
+    distilled = resumed.metrics["models"][-1]
+    assert distilled["role"] == "distilled" and distilled["train_seconds"] > first_session  # both sessions
+    assert reference.metrics["models"][0]["train_seconds"] is None  # the teacher was not trained here
     a = AutoModelForCausalLM.from_pretrained(reference.run_dir / "student").state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed.run_dir / "student").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

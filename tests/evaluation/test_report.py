@@ -291,3 +291,46 @@ def test_atomic_write_bytes_keeps_existing_file_mode(tmp_path):
     atomic_write_bytes(target, b"b")
     assert (target.stat().st_mode & 0o777) == 0o640
     assert target.read_bytes() == b"b"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.5, "0.50 s"), (42.0, "42 s"), (59.7, "1 min 00 s"), (192.4, "3 min 12 s"), (7500, "2 h 05 min")],
+)
+def test_training_time_reads_as_a_duration(seconds, shown):
+    from kdistill.evaluation.report import format_duration
+
+    assert format_duration(seconds) == shown
+    assert format_duration(None) == "—"
+
+
+def test_lm_and_encoder_tables_show_each_students_training_time():
+    from kdistill.evaluation.report import result_columns
+
+    for task, extra in (("lm", {"perplexity_on_teacher_answers": 3.0}), ("encoder", {"recall@10": 0.5})):
+        models = [
+            {"name": "teacher", "role": "teacher", "params": 100, **extra},
+            {"name": "student", "role": "distilled", "params": 10, "train_seconds": 125.0, **extra},
+        ]
+        metrics = {"task": task, "models": models}
+        columns = result_columns(metrics)
+        rows = [dict(zip(columns, row, strict=True)) for row in results_rows(metrics)]
+        assert [r["train time"] for r in rows] == ["—", "2 min 05 s"]
+
+
+def test_train_clock_sums_the_sessions_of_a_resumed_job(tmp_path):
+    import json
+
+    from kdistill.runner import TrainClock
+
+    path = tmp_path / "job" / "train_clock.json"
+    first = TrainClock(path)
+    first.before = 10.0  # as if an earlier session had already run 10 s
+    first.tick()
+    recorded = json.loads(path.read_text())["seconds"]
+    assert 10.0 <= recorded < 11.0
+    second = TrainClock(path)  # the next session starts from what the killed one recorded
+    assert second.before == recorded and second.seconds >= recorded
+    quiet = TrainClock(tmp_path / "other.json", write=False)
+    quiet.tick()
+    assert not (tmp_path / "other.json").exists()

@@ -54,6 +54,7 @@ LM_RESULT_COLUMNS: tuple[str, ...] = (
     "tokens / s",
     "params vs teacher",
     "speedup",
+    "train time",
 )
 # Text-encoder runs (metrics["task"] == "encoder"): retrieval on held-out pairs, geometry vs the teacher.
 ENCODER_RESULT_COLUMNS: tuple[str, ...] = (
@@ -68,6 +69,7 @@ ENCODER_RESULT_COLUMNS: tuple[str, ...] = (
     "texts / s",
     "params vs teacher",
     "speedup",
+    "train time",
 )
 _TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
 _MISSING = "—"
@@ -141,6 +143,20 @@ def _format_bytes(value: Any) -> str:
 def _format_ms(value: Any) -> str:
     latency = _number(value)
     return _MISSING if latency is None else f"{_significant(latency)} ms"
+
+
+def format_duration(value: Any) -> str:
+    """Seconds as people read them: "42 s", "3 min 12 s", "2 h 05 min"; "—" when unknown."""
+    seconds = _number(value)
+    if seconds is None or seconds < 0:
+        return _MISSING
+    if seconds < 59.5:
+        return f"{_significant(seconds, 2)} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def _format_params_ratio(params: Any, teacher_params: Any) -> str:
@@ -226,6 +242,7 @@ def _encoder_row(model: Mapping[str, Any], name: str, role: str, ratio: str, spe
         _MISSING if texts_per_s is None else _significant(texts_per_s, 3),
         ratio,
         speedup,
+        format_duration(model.get("train_seconds")),
     ]
 
 
@@ -258,6 +275,7 @@ def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
                     _MISSING if tokens_per_s is None else _significant(tokens_per_s, 3),
                     ratio,
                     speedup,
+                    format_duration(model.get("train_seconds")),
                 ]
             )
             continue
