@@ -285,10 +285,13 @@ def saved_numels(fn: Any) -> tuple[list[int], torch.Tensor]:
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_chunked_forward_saves_no_full_logits(sparse: bool) -> None:
+@pytest.mark.parametrize(("name", "params"), [("forward_kl", {}), ("generalized_jsd", {"beta": 0.5})])
+def test_chunked_forward_saves_no_full_logits(sparse: bool, name: str, params: dict) -> None:
     kw = make_inputs(lead=(4, 8), vocab=37, hidden=3, sparse=sparse, labels=True, seed=15)
     tokens_x_vocab = 32 * 37  # more than any head-sized tensor (37 x 3) or chunk (8 x 37)
-    numels, out = saved_numels(lambda: chunked_distill_loss(**kw, chunk_size=8))
+    numels, out = saved_numels(
+        lambda: chunked_distill_loss(**kw, chunk_size=8, divergence=name, divergence_kwargs=params)
+    )
     assert numels and max(numels) <= 8 * 37
     out.divergence.backward()  # and it still differentiates
     plain_numels, _ = saved_numels(lambda: plain(kw)[0])
@@ -362,6 +365,54 @@ def test_float64_gradcheck(sparse: bool, fused: bool, temperature: float) -> Non
         return 0.7 * out.divergence + 0.3 * out.nll_sum
 
     assert torch.autograd.gradcheck(loss, tuple(kw[n] for n in names))
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_float64_gradcheck_of_every_dense_closed_form(
+    name: str, params: dict, fused: bool, temperature: float
+) -> None:
+    """The hand-derived gradients of every dense divergence (DENSE_CLOSED_FORMS) against finite differences."""
+    kw = make_inputs(lead=(2, 3), vocab=7, hidden=3, mask_p=0.7, labels=True, seed=31, dtype=torch.float64)
+    weights = {"kd_weight": 0.7, "ce_weight": 0.3} if fused else {}
+
+    def loss(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        args = dict(kw, student_hidden=h, student_head=w, student_head_bias=b)
+        out = chunked_distill_loss(
+            **args,
+            chunk_size=2,
+            divergence=name,
+            divergence_kwargs=params,
+            temperature=temperature,
+            **weights,
+        )
+        return 0.7 * out.divergence + 0.3 * out.nll_sum
+
+    names = ("student_hidden", "student_head", "student_head_bias")
+    assert torch.autograd.gradcheck(loss, tuple(kw[n] for n in names))
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+def test_vocabulary_entries_both_sides_rule_out_match_plain(name: str, params: dict) -> None:
+    """Padding entries of a vocabulary (-inf for student and teacher): 0 * log 0 = 0 on both sides, so every
+    divergence and gradient stays finite and equals the plain computation (the closed forms' p_s = 0 rows)."""
+    kw = make_inputs(labels=True, mask_p=0.5, seed=26)
+    with torch.no_grad():
+        kw["student_head_bias"][-3:] = -math.inf
+    kw["teacher_hidden"] = torch.cat([kw["teacher_hidden"], torch.ones(2, 7, 1)], dim=-1)
+    blocked = torch.zeros(13, 1)
+    blocked[-3:] = -math.inf
+    kw["teacher_head"] = torch.cat([kw["teacher_head"], blocked], dim=-1)
+    kw["labels"] = kw["labels"].clamp_max(9)  # no label on a blocked entry (its CE would be infinite)
+    out = chunked_distill_loss(**kw, chunk_size=4, divergence=name, divergence_kwargs=params)
+    assert torch.isfinite(out.divergence)
+    grads = torch.autograd.grad(out.divergence + out.nll_sum, [kw["student_hidden"], kw["student_head"]])
+    assert all(torch.isfinite(g).all() for g in grads)
+    for fused in (False, True):
+        assert_same_as_plain(
+            kw, chunk_size=4, fused=fused, temperature=1.3, divergence=name, divergence_kwargs=params
+        )
 
 
 def test_sparse_edge_rows_match_plain() -> None:

@@ -33,11 +33,15 @@ so the common cases avoid autograd through the vocabulary and work in place on t
     the student's k + 1 bucket log-probabilities, so autograd runs on those (c, k + 1) tensors and the
     softmax's chain rule is applied by hand: one exp, one sum and one row scaling over the buffer, the
     top-k entries by (c, k) scatters (`_sparse_chunk`);
-  * dense teacher with forward_kl (the default): the closed form (p_s - p_t) / T (`_dense_forward_kl_chunk`);
+  * dense teacher with forward_kl (the default): the closed form (p_s - p_t) / T, in place
+    (`_dense_forward_kl_chunk`);
+  * dense teacher, any other divergence: its closed-form w = dDiv/dlog p_s (`token.DENSE_CLOSED_FORMS`,
+    derivations there) and the softmax chain rule dz = (w - p_s sum w) / T (`_dense_closed_form_chunk`);
   * CE: softmax - onehot, sharing the divergence's softmax at T = 1;
-  * anything else: the token function and `torch.autograd.grad` on the chunk's logits.
-About 1-3 (c, V) float32 buffers are alive at a time (the autograd path: about 7, as the plain
-full-logits path), so chunk_size 1024 of 4096 tokens measured 13% of the plain peak, 512 measured 8%.
+  * a divergence without a closed form: the token function and `torch.autograd.grad` on the chunk's logits.
+About 1-3 (c, V) float32 buffers are alive at a time for forward KL and sparse teachers, a few more for the
+other dense closed forms (the autograd path: about 7, as the plain full-logits path), so chunk_size 1024 of
+4096 tokens measured 13% of the plain peak for forward KL, 512 measured 8%.
 With labels, `kd_weight` and `ce_weight` fuse the two terms: one gradient of kd_weight * divergence +
 ce_weight * nll_sum per chunk, so one set of buffers and one pair of head matmuls; backward then accepts
 only gradients of that sum (times any factor; anything else raises). Without them the divergence and the
@@ -75,7 +79,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.losses.numerics import compute_dtype
-from kdistill.losses.token import TOKEN_DIVERGENCES, _check_options, forward_kl
+from kdistill.losses.token import (
+    DENSE_CLOSED_FORMS,
+    TOKEN_DIVERGENCES,
+    ClosedForm,
+    _check_options,
+    forward_kl,
+)
 from kdistill.losses.token_sparse import (
     SPARSE_PER_TOKEN,
     SPARSE_TOKEN_DIVERGENCES,
@@ -131,7 +141,8 @@ class _ChunkTerms:
     divergence: Callable[..., Tensor]
     kwargs: Mapping[str, Any]
     per_token: PerToken | None  # sparse fast path: the divergence per token over the k + 1 buckets
-    dense_forward_kl: bool  # dense fast path: forward KL in closed form
+    dense_forward_kl: bool  # dense fast path: forward KL in closed form, in place
+    dense_form: ClosedForm | None  # other dense divergences: per-token value and dDiv/dlog p_s
     temperature: float
     scale_by_t2: bool
     mask: Tensor | None  # (N,) bool; None: every computed row counts for the divergence
@@ -184,6 +195,8 @@ class _ChunkTerms:
             )
         if self.dense_forward_kl:
             return _dense_forward_kl_chunk(logits, self.teacher_logits(rows), mask, labels, self, weights)
+        if self.dense_form is not None:
+            return _dense_closed_form_chunk(logits, self.teacher_logits(rows), mask, labels, self, weights)
         return self._autograd_chunk(logits, rows, weights)
 
     def _autograd_chunk(
@@ -421,6 +434,59 @@ class _LabelTerms:
         factor = weights.div.to(e.dtype)
         grad = e.mul_(factor / total)
         return values, [grad.scatter_add_(1, labels, (-factor).expand(labels.shape).contiguous())]
+
+
+def _dense_closed_form_chunk(
+    logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor | None,
+    labels: Tensor | None,
+    terms: _ChunkTerms,
+    weights: _Weights | None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Any dense divergence (and the CE) of one chunk with its gradient from the closed form of
+    `kdistill.losses.token.DENSE_CLOSED_FORMS`: w = dDiv/dlog p_s, then dDiv/dz = (w - p_s sum_v w_v) / T.
+
+    A few (c, V) buffers at a time (both log-softmaxes, w, and the mixture's temporaries), no autograd graph.
+    Masked rows' teacher logits are zeroed first, as the token functions do.
+    """
+    T = terms.temperature
+    dtype = compute_dtype(logits, teacher_logits)
+    z, t = logits.to(dtype), teacher_logits.to(dtype)  # (c, V) each
+    zero = torch.zeros((), dtype=dtype, device=z.device)
+    _zero_masked_rows(t, mask)
+    log_p_s = F.log_softmax(z / T if T != 1.0 else z, dim=1)  # (c, V)
+    log_p_t = F.log_softmax(t.div_(T) if T != 1.0 else t, dim=1)
+    del t
+    per_token, w = terms.dense_form(log_p_s, log_p_t, weights is not None)  # (c,), (c, V) or None
+    del log_p_t
+    if terms.scale_by_t2:
+        per_token = per_token * T**2
+    if mask is not None:
+        per_token = torch.where(mask, per_token, zero)
+    values = [per_token.sum()]
+    labelled = lab_ids = log_p1 = None
+    if labels is not None:
+        labelled = labels != IGNORE_INDEX
+        lab_ids = labels.clamp_min(0).unsqueeze(1)  # (c, 1)
+        log_p1 = log_p_s if T == 1.0 else F.log_softmax(z, dim=1)  # the CE is at T = 1
+        nll = -log_p1.gather(1, lab_ids).squeeze(1)
+        values.append(torch.where(labelled, nll, zero).sum())
+    if weights is None:
+        return values, []
+
+    p_s = log_p_s.exp_()  # in place: log_p_s is not needed any more
+    kd = weights.div * (T if terms.scale_by_t2 else 1.0 / T)  # d(T^2 Div)/dz = T (w - p_s sum w)
+    kd = kd.expand(z.shape[0], 1) if mask is None else kd * mask.to(dtype).unsqueeze(1)  # (c, 1)
+    grad = w.addcmul_(p_s, w.sum(dim=1, keepdim=True), value=-1.0).mul_(kd)
+    _zero_masked_rows(grad, mask)
+    if labelled is None:
+        return values, [grad]
+    ce = weights.nll * labelled.to(dtype).unsqueeze(1)  # (c, 1)
+    p1 = p_s if T == 1.0 else log_p1.exp_()
+    if weights.fused:
+        return values, [grad.addcmul_(p1, ce).scatter_add_(1, lab_ids, -ce)]
+    return values, [grad, (p1 * ce).scatter_add_(1, lab_ids, -ce)]
 
 
 def _chunks(n: int, keep: Tensor | None, chunk_size: int) -> list[Rows]:
@@ -761,6 +827,7 @@ def chunked_distill_loss(
         kwargs=kwargs,
         per_token=per_token,
         dense_forward_kl=dense and fn is forward_kl and not kwargs,
+        dense_form=DENSE_CLOSED_FORMS[fn](**kwargs) if dense and fn in DENSE_CLOSED_FORMS else None,
         temperature=temperature,
         scale_by_t2=scale_by_t2,
         mask=None if flat_labels is None else flat_mask,

@@ -378,3 +378,102 @@ TOKEN_DIVERGENCES.add(
 )
 TOKEN_DIVERGENCES.add("skew_kl", skew_kl, "DistiLLM skew KL (alpha=0.1, reverse=False)")
 TOKEN_DIVERGENCES.add("tvd", tvd, "total variation distance 0.5 * sum |p_t - p_s| per token")
+
+
+# --- closed-form gradients (for the chunked loss) -------------------------------------------------------
+# The chunked loss (losses/chunked.py) forms each chunk's gradient without autograd through the vocabulary.
+# For that every divergence here also gives, per vocabulary entry,
+#     w_v = dDiv / d(log p_s,v)        (a = log p_s, b = log p_t; the p_s,v taken as free variables)
+# and the caller applies the softmax chain rule: dDiv / dz_v = (w_v - p_s,v * sum_u w_u) / T. A term
+# c * p_s,v drops out there (sum_u p_s,u = 1), so the forms below leave it out:
+#     forward KL   sum p_t (b - a)                        w = -p_t
+#     reverse KL   sum p_s (a - b)                        w = p_s (a - b)
+#     JSD_beta     beta KL(p_t||M) + (1-beta) KL(p_s||M)  w = (1 - beta) p_s (a - log M),  M = beta p_t + (1-beta) p_s
+#     skew fwd     KL(p_t || M),  M = alpha p_t + (1-alpha) p_s      w = -(1 - alpha) p_t p_s / M
+#     skew rev     KL(p_s || M),  M = alpha p_s + (1-alpha) p_t      w = p_s (a - log M) - alpha p_s^2 / M
+#     TVD          0.5 sum |p_s - p_t|                    w = 0.5 p_s sign(p_s - p_t)
+# Each w is p_s times a factor, so entries with p_s = 0 get exactly 0 (never 0 * inf = NaN). The tests
+# compare the chunked gradients built from these with autograd through the functions above.
+
+# (log_p_s, log_p_t, with_weight) -> (the per-token divergence (c,), w (c, V) or None)
+ClosedForm = Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
+
+
+def _where_student_mass(log_p_s: Tensor, w: Tensor) -> Tensor:
+    return torch.where(log_p_s > -math.inf, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+
+def _forward_kl_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
+    return _kl(log_p_t, log_p_s), (-log_p_t.exp() if with_weight else None)
+
+
+def _reverse_kl_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
+    value = _kl(log_p_s, log_p_t)
+    if not with_weight:
+        return value, None
+    return value, _where_student_mass(log_p_s, log_p_s.exp() * (log_p_s - log_p_t))
+
+
+def _jsd_form(beta: float) -> ClosedForm:
+    if beta == 0.0:
+        return _forward_kl_form
+    if beta == 1.0:
+        return _reverse_kl_form
+
+    def form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
+        log_m = _log_mix(log_p_t, log_p_s, beta)  # a new tensor (0 < beta < 1), shared by the value and w
+        value = beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
+        if not with_weight:
+            return value, None
+        return value, _where_student_mass(log_p_s, log_m.sub_(log_p_s).mul_(log_p_s.exp()).mul_(beta - 1.0))
+
+    return form
+
+
+def _skew_kl_form(alpha: float, reverse: bool) -> ClosedForm:
+    def form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
+        if reverse:
+            log_m = _log_mix(log_p_s, log_p_t, alpha)
+            value = _kl(log_p_s, log_m)
+            if not with_weight:
+                return value, None
+            w = log_p_s.exp() * (log_p_s - log_m) - alpha * (2 * log_p_s - log_m).exp()
+        else:
+            log_m = _log_mix(log_p_t, log_p_s, alpha)
+            value = _kl(log_p_t, log_m)
+            if not with_weight:
+                return value, None
+            w = (alpha - 1.0) * (
+                log_p_t + log_p_s - log_m
+            ).exp()  # not in place: at alpha 0, log_m is log_p_s
+        return value, _where_student_mass(log_p_s, w)
+
+    return form
+
+
+def _tvd_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
+    p_s, p_t = log_p_s.exp(), log_p_t.exp()
+    value = 0.5 * (p_t - p_s).abs().sum(dim=-1)
+    if not with_weight:
+        return value, None
+    return value, p_t.sub_(p_s).sign_().mul_(p_s).mul_(-0.5)  # 0.5 p_s sign(p_s - p_t)
+
+
+def _generalized_jsd_closed_form(beta: float = 0.5) -> ClosedForm:
+    _check_unit_interval("beta", beta, closed_right=True)
+    return _jsd_form(beta)
+
+
+def _skew_kl_closed_form(alpha: float = 0.1, reverse: bool = False) -> ClosedForm:
+    _check_unit_interval("alpha", alpha, closed_right=False)
+    return _skew_kl_form(alpha, reverse)
+
+
+# divergence function -> factory(**its own parameters) -> its closed form; the factory checks the parameters
+DENSE_CLOSED_FORMS: dict[Callable[..., Tensor], Callable[..., ClosedForm]] = {
+    forward_kl: lambda: _forward_kl_form,
+    reverse_kl: lambda: _reverse_kl_form,
+    generalized_jsd: _generalized_jsd_closed_form,
+    skew_kl: _skew_kl_closed_form,
+    tvd: lambda: _tvd_form,
+}
