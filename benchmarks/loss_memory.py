@@ -1,7 +1,8 @@
 """Peak memory and time of a token-level distillation loss, forward + backward: full logits vs chunked.
 
-Three ways to compute forward_kl(student, teacher), mean over tokens, from the last hidden states and the
-lm_head weights of a student and a dense teacher (same vocabulary), for batch x seq tokens:
+Three ways to compute forward_kl(student, teacher) (or `--divergence`), mean over tokens, from the last
+hidden states and the lm_head weights of a student and a dense teacher (same vocabulary), for batch x seq
+tokens:
 
   plain       logits = hidden @ W^T for every token (student and teacher), then `forward_kl` on them
   chunked     `kdistill.losses.chunked.chunked_distill_loss`: chunk_size tokens at a time, gradients
@@ -18,6 +19,7 @@ loss needs on top of its inputs (the head weight's .grad included: every variant
     .venv/bin/python benchmarks/loss_memory.py                     # both configs, all variants; writes results/loss_memory.json
     .venv/bin/python benchmarks/loss_memory.py --configs smollm2-135m --variants plain,chunked --chunk-sizes 512 --repeats 1
     .venv/bin/python benchmarks/loss_memory.py --device cuda
+    .venv/bin/python benchmarks/loss_memory.py --divergence generalized_jsd --variants plain,chunked --out benchmarks/results/loss_memory_jsd.json
 """
 
 from __future__ import annotations
@@ -49,29 +51,33 @@ MIB = 2**20
 # --- the three losses -----------------------------------------------------------------------------------
 
 
-def loss_fn(variant: str, chunk_size: int) -> Any:
+def loss_fn(variant: str, chunk_size: int, divergence: str = "forward_kl") -> Any:
     import torch
     import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
-    from kdistill.losses import forward_kl
+    from kdistill.losses import TOKEN_DIVERGENCES
     from kdistill.losses.chunked import chunked_distill_loss
+
+    token_fn = TOKEN_DIVERGENCES.get(
+        divergence
+    )  # each with its default parameters (generalized_jsd: beta 0.5)
 
     def plain(h, w, th, tw):
         logits = F.linear(h, w)  # (B, S, V)
         with torch.no_grad():
             teacher_logits = F.linear(th, tw)  # (B, S, V)
-        return forward_kl(logits, teacher_logits)
+        return token_fn(logits, teacher_logits)
 
     def chunked(h, w, th, tw):
         return chunked_distill_loss(
-            h, w, teacher_hidden=th, teacher_head=tw, chunk_size=chunk_size
+            h, w, teacher_hidden=th, teacher_head=tw, chunk_size=chunk_size, divergence=divergence
         ).divergence
 
     def chunk_sum(h, w, th, tw):
         with torch.no_grad():
             teacher_logits = F.linear(th, tw)  # (c, V)
-        return forward_kl(F.linear(h, w), teacher_logits, reduction="sum")
+        return token_fn(F.linear(h, w), teacher_logits, reduction="sum")
 
     def checkpointed(h, w, th, tw):
         h, th = h.reshape(-1, h.shape[-1]), th.reshape(-1, th.shape[-1])  # (N, H)
@@ -92,7 +98,7 @@ def worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     vocab, hidden = CONFIGS[args.config]
-    fn = loss_fn(args.variant, args.chunk_size)
+    fn = loss_fn(args.variant, args.chunk_size, args.divergence)
     g = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape: int, scale: float = 1.0, grad: bool = False) -> torch.Tensor:
@@ -141,7 +147,7 @@ def worker(args: argparse.Namespace) -> None:
 def run_one(args: argparse.Namespace, config: str, variant: str, chunk_size: int | None) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", "--config", config, "--variant", variant]
     cmd += ["--chunk-size", str(chunk_size or 0)]
-    for flag in ("device", "batch", "seq", "repeats", "threads"):
+    for flag in ("device", "batch", "seq", "repeats", "threads", "divergence"):
         cmd += [f"--{flag}", str(getattr(args, flag))]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     vocab, hidden = CONFIGS[config]
@@ -202,6 +208,11 @@ def main() -> None:
         "--chunk-sizes", default="1024,512", help="comma-separated tokens per chunk (chunked, checkpoint)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="forward + backward passes per process")
+    parser.add_argument(
+        "--divergence",
+        default="forward_kl",
+        help="a dense token divergence (kdistill methods), default parameters",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -258,7 +269,7 @@ def main() -> None:
         )
     result = {
         "benchmark": "loss_memory",
-        "divergence": "forward_kl",
+        "divergence": args.divergence,
         "device": args.device,
         "batch": args.batch,
         "seq": args.seq,
