@@ -134,3 +134,21 @@ def test_evaluate_student_takes_a_datasets_dataset(tiny_model, tokenizer, rows):
     as_dataset = evaluate_student(tiny_model, tokenizer, Dataset.from_list(rows[:3]), max_new_tokens=4)
     assert as_dataset["answers"] == as_list["answers"]
     assert as_dataset["perplexity"] == as_list["perplexity"]
+
+
+@torch.no_grad()
+def test_perplexity_of_a_model_that_soft_caps_its_logits_uses_its_own_logits():
+    """Only response rows go through the head for plain models; Gemma 2 soft-caps after the head, so its
+    perplexity must come from its own (capped) logits."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    shapes = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    shapes |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}
+    torch.manual_seed(0)
+    gemma = AutoModelForCausalLM.from_config(Gemma2Config(**shapes, final_logit_softcapping=1.5)).eval()
+    examples = [{"input_ids": [1, 5, 9, 12, 3], "labels": [-100, -100, 9, 12, 3]}]
+    logp = torch.log_softmax(gemma(torch.tensor([examples[0]["input_ids"]])).logits[0].double(), dim=-1)
+    nll = -sum(logp[t - 1, examples[0]["labels"][t]].item() for t in (2, 3, 4))
+    result = response_perplexity(gemma, examples, pad_token_id=0)
+    assert result["tokens"] == 3
+    assert result["perplexity"] == pytest.approx(math.exp(nll / 3), rel=1e-5)

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate, encode_prompt, tokenize_rows
-from kdistill.lm.train import response_nll_sum
+from kdistill.losses.numerics import compute_dtype
 
 __all__ = [
     "Generations",
@@ -76,19 +78,36 @@ def _batches(examples: Sequence[Mapping[str, Any]], batch_size: int, pad_token_i
         yield collate(examples[start : start + batch_size], pad_token_id=pad_token_id)
 
 
+def _response_logits(model: nn.Module, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (n, V) at the batch's n response positions (position t predicts token t + 1) and their
+    targets (n,), on the model's device.
+
+    For a plain-head causal LM only those rows go through the head: prompt and padding positions cost no
+    (V x H) matmul and no logits memory. Models that transform their logits after the head use their own.
+    """
+    device = _device(model)
+    input_ids, attention = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    targets = batch["labels"][:, 1:].to(device)
+    scored = targets != IGNORE_INDEX  # (B, T-1)
+    try:
+        backbone, head = backbone_and_head(model)
+    except (ValueError, AttributeError):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]  # (B, T-1, V)
+        return logits[scored], targets[scored]
+    hidden = backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state[:, :-1]
+    return head(hidden[scored]), targets[scored]
+
+
 @torch.inference_mode()
 def response_perplexity(
     model: nn.Module, examples: Sequence[Mapping[str, Any]], *, pad_token_id: int, batch_size: int = 8
 ) -> dict[str, float]:
     """exp(mean nll per response token) over all examples, with the nll and the token count."""
-    device = _device(model)
     nll, tokens = 0.0, 0
     for batch in _batches(examples, batch_size, pad_token_id):
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        nll += response_nll_sum(logits, batch["labels"]).item()
-        tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        logits, targets = _response_logits(model, batch)  # (n, V), (n,)
+        nll += F.cross_entropy(logits.to(compute_dtype(logits)), targets, reduction="sum").item()
+        tokens += targets.numel()
     if tokens == 0:
         raise ValueError("no response tokens to score")
     return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}
@@ -106,16 +125,12 @@ def teacher_agreement(
     """Fraction of response positions where student and teacher predict the same next token (top-1)."""
     agree, total = 0, 0
     for batch in _batches(examples, batch_size, pad_token_id):
-        predictions = []
-        for model in (student, teacher):
-            device = _device(model)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            predictions.append(logits[:, :-1].argmax(dim=-1).cpu())  # (B, T-1): the guess for token t+1
-        scored = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T-1)
-        agree += int((predictions[0] == predictions[1])[scored].sum())
-        total += int(scored.sum())
+        # (n,) each: the guess for token t + 1 at every response position, in the same order
+        student_top1, teacher_top1 = (
+            _response_logits(m, batch)[0].argmax(dim=-1).cpu() for m in (student, teacher)
+        )
+        agree += int((student_top1 == teacher_top1).sum())
+        total += student_top1.numel()
     if total == 0:
         raise ValueError("no response tokens to compare")
     return agree / total
