@@ -1,6 +1,8 @@
 """White-box LM distillation: the objective's terms against independent computations, cached == online at
 full k, accumulation invariance, kill-and-resume, hidden states with projections, on-policy samples."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,6 +145,27 @@ def test_distillation_pulls_the_student_towards_the_teacher(tokenizer, teacher, 
     )
     train_objective(objective, examples, SFTConfig(steps=15, micro_batch_size=4, lr=1e-2), pad_token_id=0)
     assert _reference_kd_sum(student, teacher, batch, 1.0).item() < 0.8 * before
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "generalized_jsd"])
+def test_bf16_mixed_precision_distillation_trains_float32_weights(tokenizer, teacher, examples, divergence):
+    """accelerate's bf16 autocast around the objective (online teacher, KD + CE fused): the chunked loss runs
+    its head matmuls in bf16, the loss stays finite, and the float32 master weights move."""
+    student = _student(tokenizer, dtype=torch.float32)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    settings = DistillSettings(divergence=divergence, ce_weight=0.5, chunk_size=16)
+    objective = TokenDistillObjective(
+        student, settings, teacher=OnlineTeacher(teacher, dtype=torch.float32), pad_token_id=0
+    )
+    cfg = SFTConfig(steps=2, micro_batch_size=4, lr=1e-3, mixed_precision="bf16", log_every=1)
+    result = train_objective(objective, examples, cfg, pad_token_id=0)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    moved = [n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert (
+        "lm_head.weight" in moved or "model.embed_tokens.weight" in moved
+    )  # the head (tied) got its gradient
+    assert any("layers.0" in n for n in moved)
 
 
 def test_interrupted_distillation_resumes_to_the_same_weights(
