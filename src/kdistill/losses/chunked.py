@@ -436,6 +436,11 @@ class _LabelTerms:
         return values, [grad.scatter_add_(1, labels, (-factor).expand(labels.shape).contiguous())]
 
 
+def _log_softmax_(x: Tensor) -> Tensor:
+    """log_softmax over dim 1, in place: x - logsumexp(x) (one (c, V) temporary inside logsumexp)."""
+    return x.sub_(torch.logsumexp(x, dim=1, keepdim=True))
+
+
 def _dense_closed_form_chunk(
     logits: Tensor,
     teacher_logits: Tensor,
@@ -447,29 +452,32 @@ def _dense_closed_form_chunk(
     """Any dense divergence (and the CE) of one chunk with its gradient from the closed form of
     `kdistill.losses.token.DENSE_CLOSED_FORMS`: w = dDiv/dlog p_s, then dDiv/dz = (w - p_s sum_v w_v) / T.
 
-    A few (c, V) buffers at a time (both log-softmaxes, w, and the mixture's temporaries), no autograd graph.
-    Masked rows' teacher logits are zeroed first, as the token functions do.
+    The log-softmaxes overwrite the chunk's own logits buffers; with w (or log M) and at most two more
+    temporaries, about five (c, V) buffers at a time, no autograd graph. Masked rows' teacher logits are
+    zeroed first, as the token functions do.
     """
     T = terms.temperature
     dtype = compute_dtype(logits, teacher_logits)
     z, t = logits.to(dtype), teacher_logits.to(dtype)  # (c, V) each
     zero = torch.zeros((), dtype=dtype, device=z.device)
     _zero_masked_rows(t, mask)
-    log_p_s = F.log_softmax(z / T if T != 1.0 else z, dim=1)  # (c, V)
-    log_p_t = F.log_softmax(t.div_(T) if T != 1.0 else t, dim=1)
-    del t
+    log_p1 = None
+    if labels is not None and T != 1.0:
+        log_p1 = F.log_softmax(z, dim=1)  # the CE is at T = 1: before z becomes log p_s
+    log_p_s = _log_softmax_(z.div_(T) if T != 1.0 else z)  # (c, V), in the chunk's own buffers
+    log_p_t = _log_softmax_(t.div_(T) if T != 1.0 else t)
     per_token, w = terms.dense_form(log_p_s, log_p_t, weights is not None)  # (c,), (c, V) or None
-    del log_p_t
+    del log_p_t, t
     if terms.scale_by_t2:
         per_token = per_token * T**2
     if mask is not None:
         per_token = torch.where(mask, per_token, zero)
     values = [per_token.sum()]
-    labelled = lab_ids = log_p1 = None
+    labelled = lab_ids = None
     if labels is not None:
         labelled = labels != IGNORE_INDEX
         lab_ids = labels.clamp_min(0).unsqueeze(1)  # (c, 1)
-        log_p1 = log_p_s if T == 1.0 else F.log_softmax(z, dim=1)  # the CE is at T = 1
+        log_p1 = log_p_s if log_p1 is None else log_p1
         nll = -log_p1.gather(1, lab_ids).squeeze(1)
         values.append(torch.where(labelled, nll, zero).sum())
     if weights is None:

@@ -392,26 +392,52 @@ TOKEN_DIVERGENCES.add("tvd", tvd, "total variation distance 0.5 * sum |p_t - p_s
 #     skew fwd     KL(p_t || M),  M = alpha p_t + (1-alpha) p_s      w = -(1 - alpha) p_t p_s / M
 #     skew rev     KL(p_s || M),  M = alpha p_s + (1-alpha) p_t      w = p_s (a - log M) - alpha p_s^2 / M
 #     TVD          0.5 sum |p_s - p_t|                    w = 0.5 p_s sign(p_s - p_t)
-# Each w is p_s times a factor, so entries with p_s = 0 get exactly 0 (never 0 * inf = NaN). The tests
-# compare the chunked gradients built from these with autograd through the functions above.
+# Each w is p_s times a factor, so entries with p_s = 0 are set to exactly 0 (never 0 * inf = NaN). The
+# tests compare the chunked gradients built from these with autograd through the functions above.
 
 # (log_p_s, log_p_t, with_weight) -> (the per-token divergence (c,), w (c, V) or None)
 ClosedForm = Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
 
 
-def _where_student_mass(log_p_s: Tensor, w: Tensor) -> Tensor:
-    return torch.where(log_p_s > -math.inf, w, torch.zeros((), dtype=w.dtype, device=w.device))
+# The closed forms run without autograd on (chunk, V) tensors, so they are written for memory: at most two
+# (chunk, V) temporaries alive at a time besides their inputs and their result.
+
+
+def _kl_lean(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """`_kl` without a graph: (..., V) -> (...); 0 * log(0 / q) = 0, an infinite term where p > 0 stays inf."""
+    terms = (log_p - log_q).mul_(log_p.exp())
+    return terms.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf).sum(dim=-1)
+
+
+def _log_mix_lean(log_p: Tensor, log_q: Tensor, w: float) -> Tensor:
+    """`_log_mix` without a graph, a new tensor: log(w p + (1 - w) q) = hi + log1p(exp(-|x - y|)) with
+    x = log p + log w, y = log q + log(1 - w), hi = max(x, y); -inf where both are -inf."""
+    if w == 0.0:
+        return log_q.clone()
+    if w == 1.0:
+        return log_p.clone()
+    x = log_p + math.log(w)
+    y = log_q + math.log1p(-w)
+    hi = torch.maximum(x, y)
+    gap = x.sub_(y).abs_().neg_().exp_().log1p_()  # NaN where both are -inf: hi stays -inf there
+    del y
+    return hi.add_(gap.nan_to_num_(nan=0.0))
+
+
+def _student_mass_only(log_p_s: Tensor, w: Tensor) -> Tensor:
+    """w with exactly 0 where p_s = 0 (in place)."""
+    return w.masked_fill_(log_p_s == -math.inf, 0.0)
 
 
 def _forward_kl_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
-    return _kl(log_p_t, log_p_s), (-log_p_t.exp() if with_weight else None)
+    return _kl_lean(log_p_t, log_p_s), (log_p_t.exp().neg_() if with_weight else None)
 
 
 def _reverse_kl_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
-    value = _kl(log_p_s, log_p_t)
+    value = _kl_lean(log_p_s, log_p_t)
     if not with_weight:
         return value, None
-    return value, _where_student_mass(log_p_s, log_p_s.exp() * (log_p_s - log_p_t))
+    return value, _student_mass_only(log_p_s, (log_p_s - log_p_t).mul_(log_p_s.exp()))
 
 
 def _jsd_form(beta: float) -> ClosedForm:
@@ -421,11 +447,12 @@ def _jsd_form(beta: float) -> ClosedForm:
         return _reverse_kl_form
 
     def form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
-        log_m = _log_mix(log_p_t, log_p_s, beta)  # a new tensor (0 < beta < 1), shared by the value and w
-        value = beta * _kl(log_p_t, log_m) + (1.0 - beta) * _kl(log_p_s, log_m)
+        log_m = _log_mix_lean(log_p_t, log_p_s, beta)  # shared by the value and w
+        value = beta * _kl_lean(log_p_t, log_m) + (1.0 - beta) * _kl_lean(log_p_s, log_m)
         if not with_weight:
             return value, None
-        return value, _where_student_mass(log_p_s, log_m.sub_(log_p_s).mul_(log_p_s.exp()).mul_(beta - 1.0))
+        w = log_m.sub_(log_p_s).mul_(log_p_s.exp()).mul_(beta - 1.0)  # (1 - beta) p_s (a - log M), in place
+        return value, _student_mass_only(log_p_s, w)
 
     return form
 
@@ -433,30 +460,32 @@ def _jsd_form(beta: float) -> ClosedForm:
 def _skew_kl_form(alpha: float, reverse: bool) -> ClosedForm:
     def form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
         if reverse:
-            log_m = _log_mix(log_p_s, log_p_t, alpha)
-            value = _kl(log_p_s, log_m)
+            log_m = _log_mix_lean(log_p_s, log_p_t, alpha)
+            value = _kl_lean(log_p_s, log_m)
             if not with_weight:
                 return value, None
-            w = log_p_s.exp() * (log_p_s - log_m) - alpha * (2 * log_p_s - log_m).exp()
+            ratio = (2 * log_p_s - log_m).exp_().mul_(alpha)  # alpha p_s^2 / M
+            w = (
+                log_m.neg_().add_(log_p_s).mul_(log_p_s.exp()).sub_(ratio)
+            )  # p_s (a - log M) - alpha p_s^2 / M
         else:
-            log_m = _log_mix(log_p_t, log_p_s, alpha)
-            value = _kl(log_p_t, log_m)
+            log_m = _log_mix_lean(log_p_t, log_p_s, alpha)
+            value = _kl_lean(log_p_t, log_m)
             if not with_weight:
                 return value, None
-            w = (alpha - 1.0) * (
-                log_p_t + log_p_s - log_m
-            ).exp()  # not in place: at alpha 0, log_m is log_p_s
-        return value, _where_student_mass(log_p_s, w)
+            w = log_m.neg_().add_(log_p_t).add_(log_p_s).exp_().mul_(alpha - 1.0)  # -(1-alpha) p_t p_s / M
+        return value, _student_mass_only(log_p_s, w)
 
     return form
 
 
 def _tvd_form(log_p_s: Tensor, log_p_t: Tensor, with_weight: bool) -> tuple[Tensor, Tensor | None]:
-    p_s, p_t = log_p_s.exp(), log_p_t.exp()
-    value = 0.5 * (p_t - p_s).abs().sum(dim=-1)
+    p_s = log_p_s.exp()
+    diff = log_p_t.exp().sub_(p_s)  # p_t - p_s
+    value = 0.5 * diff.abs().sum(dim=-1)
     if not with_weight:
         return value, None
-    return value, p_t.sub_(p_s).sign_().mul_(p_s).mul_(-0.5)  # 0.5 p_s sign(p_s - p_t)
+    return value, diff.sign_().mul_(p_s).mul_(-0.5)  # 0.5 p_s sign(p_s - p_t)
 
 
 def _generalized_jsd_closed_form(beta: float = 0.5) -> ClosedForm:
