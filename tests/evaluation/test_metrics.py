@@ -137,7 +137,9 @@ def test_latency_is_per_sample():
     one = latency_ms_per_sample(model, torch.zeros(1, 4), warmup=0, repeats=3)
     many = latency_ms_per_sample(model, torch.zeros(100, 4), warmup=0, repeats=3)
     assert one >= 2.0  # at least the sleep, in ms
-    assert many < one / 10
+    # per call the cost is the same, so per sample it is ~100x smaller; 4x leaves room for a loaded machine
+    # stretching one call's sleep (a total-per-call latency would make many >= one)
+    assert many < one / 4
 
 
 def test_latency_rejects_bad_arguments():
