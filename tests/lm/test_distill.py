@@ -283,7 +283,7 @@ def test_two_process_distillation_equals_one_process(model_dir, teacher, example
 def test_models_that_transform_their_logits_after_the_head_are_refused() -> None:
     from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig
 
-    from kdistill.lm.distill import backbone_and_head
+    from kdistill.lm.models import backbone_and_head
 
     shapes = {
         "vocab_size": 64,
@@ -304,3 +304,7 @@ def test_models_that_transform_their_logits_after_the_head_are_refused() -> None
     assert head is gemma.get_output_embeddings()
     llama = AutoModelForCausalLM.from_config(LlamaConfig(**shapes))
     assert backbone_and_head(llama)[1] is llama.lm_head
+    # a multimodal model keeps its language model's settings in a sub-config: read there too
+    llama.config.text_config = Gemma2Config(**shapes, final_logit_softcapping=30.0)
+    with pytest.raises(ValueError, match="final_logit_softcapping=30.0"):
+        backbone_and_head(llama)

@@ -173,10 +173,15 @@ def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     # the chunked loss forms logits as hidden @ head^T (+ bias); models that transform them after the head
     # would silently get the wrong distributions, so they are refused until the loss applies the transform
     config = getattr(core, "config", None)
+    # multimodal models keep the language model's settings in a sub-config (get_text_config)
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
     changed = {
         key: value
+        for c in configs
         for key, neutral in _LOGIT_TRANSFORMS.items()
-        if (value := getattr(config, key, neutral)) not in (neutral, None)
+        if (value := getattr(c, key, neutral)) not in (neutral, None)
     }
     if changed:
         settings = ", ".join(f"{k}={v}" for k, v in changed.items())
