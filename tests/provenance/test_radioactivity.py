@@ -202,6 +202,15 @@ def test_suspect_predictions_positions_windows_and_deduplication():
     assert every.distinct() == [0, 1]  # (window, prediction) tuples: (0,)->1 and (1,)->2
 
 
+def test_suspect_top_probabilities_are_the_softmax_top_k():
+    table = torch.randn(7, 7, generator=torch.Generator().manual_seed(3)) * 3
+    preds = suspect_predictions(BigramLM(table), [[2, 5, 1]], context_width=1, top_k=3)
+    probs = torch.softmax(table[[2, 5, 1]].double(), dim=-1)  # the rows predicting positions 1, 2, 3
+    expected = probs.topk(3, dim=-1)
+    np.testing.assert_array_equal(preds.top_ids, expected.indices.numpy())
+    np.testing.assert_allclose(preds.top_probs, expected.values.numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_binomial_report_matches_a_brute_force_count():
     texts = sample(language(3), 10, 50, seed=5).tolist()
     student = BigramLM(language(4))

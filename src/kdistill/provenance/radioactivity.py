@@ -133,10 +133,12 @@ def suspect_predictions(
             ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
             mask[row, : len(x)] = 1
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            probs = torch.softmax(logits.float(), dim=-1)  # (B, T, V)
-            k = min(top_k, probs.shape[-1])
-            p_top, i_top = probs.topk(k, dim=-1)  # (B, T, k), sorted: [..., 0] is the argmax
+            z = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
+            k = min(top_k, z.shape[-1])
+            # the top-k of the logits are those of the softmax; only k probabilities are formed, not (B, T, V)
+            z_top, i_top = z.topk(k, dim=-1)  # (B, T, k), sorted: [..., 0] is the argmax
+            p_top = (z_top - torch.logsumexp(z, dim=-1, keepdim=True)).exp_()
+            del z
         p_top, i_top = p_top.cpu().numpy(), i_top.cpu().numpy()
         rows, cols = [], []  # scored positions i of each text: its logits are at column i - 1
         for row, x in enumerate(batch):
