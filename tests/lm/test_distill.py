@@ -7,21 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdistill.data.teacher_signal import TeacherSignal
 from kdistill.lm.capture import capture_topk
-from kdistill.lm.distill import (
-    CachedTeacher,
-    DistillSettings,
-    HiddenStateSettings,
-    OnlineTeacher,
-    TokenDistillObjective,
-)
+from kdistill.lm.config import LMDistillConfig
+from kdistill.lm.distill import CachedTeacher, OnlineTeacher, TokenDistillObjective
 from kdistill.lm.models import load_causal_lm, model_from_config
 from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
-from kdistill.lm.train import SFTConfig, train_objective
+from kdistill.lm.signal_store import TeacherSignal
+from kdistill.lm.train import train_objective
 from kdistill.losses.hidden import hidden_cosine, hidden_mse
 
-from .conftest import tiny_llama_config
+from .conftest import loop_config, tiny_llama_config
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_kd_term_is_the_summed_forward_kl_and_cached_equals_online(
     )
     (expected_ce_grad,) = torch.autograd.grad(expected_ce, weight)
     for ce_weight in (0.0, 0.5):  # 0.5: KD and CE share one fused gradient per chunk
-        settings = DistillSettings(temperature=temperature, chunk_size=7, ce_weight=ce_weight)
+        settings = LMDistillConfig(temperature=temperature, chunk_size=7, ce_weight=ce_weight)
         online = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
         cached = TokenDistillObjective(student, settings, teacher=CachedTeacher(full_signal), pad_token_id=0)
         for objective in (online, cached):
@@ -105,7 +100,7 @@ def test_kd_term_is_the_summed_forward_kl_and_cached_equals_online(
 def test_cached_signal_is_joined_by_record_id_not_position(tokenizer, teacher, examples, full_signal):
     student = _student(tokenizer)
     objective = TokenDistillObjective(
-        student, DistillSettings(), teacher=CachedTeacher(full_signal), pad_token_id=0
+        student, LMDistillConfig(signal="cached"), teacher=CachedTeacher(full_signal), pad_token_id=0
     )
     batch = _batch(examples, [4, 1])
     swapped = dict(batch, ids=list(reversed(batch["ids"])))
@@ -118,16 +113,18 @@ def test_cached_signal_is_joined_by_record_id_not_position(tokenizer, teacher, e
 
 def test_window_normalisation_makes_accumulation_invisible(tokenizer, teacher, examples):
     """KD + CE + hidden-state terms: 1 micro-batch of 4 rows == 4 micro-batches of 1 row."""
-    hidden = HiddenStateSettings(layer_map={1: 2, 2: 4}, loss="mse", weight=0.3)
-    settings = DistillSettings(ce_weight=0.5, hidden=hidden, divergence="generalized_jsd", chunk_size=16)
+    hidden = {"layer_map": {1: 2, 2: 4}, "loss": "mse", "weight": 0.3}
+    settings = LMDistillConfig(
+        signal="online", ce_weight=0.5, hidden=hidden, divergence="generalized_jsd", chunk_size=16
+    )
     weights = []
     for mb, ga in [(4, 1), (1, 4)]:
         student = _student(tokenizer, hidden=24)
         torch.manual_seed(0)  # the projections' initialisation
         objective = TokenDistillObjective(student, settings, teacher=OnlineTeacher(teacher), pad_token_id=0)
         assert objective.extra_parameters() == 2 * 24 * 32  # two 24 -> 32 projections
-        cfg = SFTConfig(steps=3, micro_batch_size=mb, grad_accum=ga, lr=1e-2, log_every=1, grad_clip=0.5)
-        result = train_objective(objective, examples, cfg, pad_token_id=0)
+        cfg = loop_config(micro_batch_size=mb, grad_accum=ga, lr=1e-2, log_every=1, grad_clip=0.5)
+        result = train_objective(objective, examples, cfg, steps=3, pad_token_id=0)
         weights.append(({k: v.clone() for k, v in objective.state_dict().items()}, result.history))
     (w_big, h_big), (w_acc, h_acc) = weights
     assert [h["loss"] for h in h_acc] == pytest.approx([h["loss"] for h in h_big], rel=1e-9)
@@ -141,9 +138,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(tokenizer, teacher, 
     batch = _batch(examples, list(range(8)))
     before = _reference_kd_sum(student, teacher, batch, 1.0).item()
     objective = TokenDistillObjective(
-        student, DistillSettings(), teacher=CachedTeacher(full_signal), pad_token_id=0
+        student, LMDistillConfig(signal="cached"), teacher=CachedTeacher(full_signal), pad_token_id=0
     )
-    train_objective(objective, examples, SFTConfig(steps=15, micro_batch_size=4, lr=1e-2), pad_token_id=0)
+    train_objective(objective, examples, loop_config(micro_batch_size=4, lr=1e-2), steps=15, pad_token_id=0)
     assert _reference_kd_sum(student, teacher, batch, 1.0).item() < 0.8 * before
 
 
@@ -153,12 +150,12 @@ def test_bf16_mixed_precision_distillation_trains_float32_weights(tokenizer, tea
     its head matmuls in bf16, the loss stays finite, and the float32 master weights move."""
     student = _student(tokenizer, dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
-    settings = DistillSettings(divergence=divergence, ce_weight=0.5, chunk_size=16)
+    settings = LMDistillConfig(signal="online", divergence=divergence, ce_weight=0.5, chunk_size=16)
     objective = TokenDistillObjective(
         student, settings, teacher=OnlineTeacher(teacher, dtype=torch.float32), pad_token_id=0
     )
-    cfg = SFTConfig(steps=2, micro_batch_size=4, lr=1e-3, mixed_precision="bf16", log_every=1)
-    result = train_objective(objective, examples, cfg, pad_token_id=0)
+    cfg = loop_config(micro_batch_size=4, lr=1e-3, mixed_precision="bf16", log_every=1)
+    result = train_objective(objective, examples, cfg, steps=2, pad_token_id=0)
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     moved = [n for n, p in result.model.named_parameters() if not torch.equal(p.detach(), before[n])]
@@ -171,28 +168,37 @@ def test_bf16_mixed_precision_distillation_trains_float32_weights(tokenizer, tea
 def test_interrupted_distillation_resumes_to_the_same_weights(
     tokenizer, teacher, examples, full_signal, tmp_path
 ):
-    cfg = SFTConfig(steps=6, micro_batch_size=2, grad_accum=2, lr=1e-2, checkpoint_every=2)
-    settings = DistillSettings(divergence="skew_kl", divergence_kwargs={"alpha": 0.1}, temperature=2.0)
+    cfg = loop_config(micro_batch_size=2, grad_accum=2, lr=1e-2, checkpoint_every=2)
+    settings = LMDistillConfig(
+        signal="cached", divergence="skew_kl", divergence_kwargs={"alpha": 0.1}, temperature=2.0
+    )
 
     def objective():
         return TokenDistillObjective(
             _student(tokenizer), settings, teacher=CachedTeacher(full_signal), pad_token_id=0
         )
 
-    straight = train_objective(objective(), examples, cfg, pad_token_id=0)
-    part = train_objective(objective(), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path, stop_after=3)
+    straight = train_objective(objective(), examples, cfg, steps=6, pad_token_id=0)
+    part = train_objective(
+        objective(), examples, cfg, steps=6, pad_token_id=0, checkpoint_dir=tmp_path, stop_after=3
+    )
     assert not part.finished and part.steps_done == 3
-    resumed = train_objective(objective(), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path)
+    resumed = train_objective(objective(), examples, cfg, steps=6, pad_token_id=0, checkpoint_dir=tmp_path)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
 
 
 def test_on_policy_steps_train_on_the_students_own_samples(tokenizer, teacher, examples):
-    settings = DistillSettings(on_policy_fraction=1.0, on_policy_max_new_tokens=5, seed=3)
+    settings = LMDistillConfig(signal="online", on_policy_fraction=1.0, on_policy_max_new_tokens=5)
     student = _student(tokenizer, dtype=torch.float32)
     objective = TokenDistillObjective(
-        student, settings, teacher=OnlineTeacher(teacher, dtype=torch.float32), pad_token_id=0, eos_token_id=2
+        student,
+        settings,
+        teacher=OnlineTeacher(teacher, dtype=torch.float32),
+        pad_token_id=0,
+        eos_token_id=2,
+        seed=3,
     )
     batch = _batch(examples, [0, 1, 2])
     (sampled,) = objective.prepare_window([batch], step=0)
@@ -209,7 +215,7 @@ def test_on_policy_steps_train_on_the_students_own_samples(tokenizer, teacher, e
     # lambda = 0.5: which steps are on-policy is a function of (seed, step), the same on every rerun
     half = TokenDistillObjective(
         student,
-        DistillSettings(on_policy_fraction=0.5, on_policy_max_new_tokens=2),
+        LMDistillConfig(signal="online", on_policy_fraction=0.5, on_policy_max_new_tokens=2),
         teacher=OnlineTeacher(teacher, dtype=torch.float32),
         pad_token_id=0,
     )
@@ -222,15 +228,17 @@ def test_configuration_errors_are_explained(tokenizer, teacher, full_signal):
     with pytest.raises(ValueError, match="online teacher"):
         TokenDistillObjective(
             _student(tokenizer),
-            DistillSettings(on_policy_fraction=0.5),
+            LMDistillConfig(signal="online", on_policy_fraction=0.5),
             teacher=CachedTeacher(full_signal),
             pad_token_id=0,
         )
     other_vocab = model_from_config(tiny_llama_config(300, layers=1), seed=0).double()
     with pytest.raises(ValueError, match="must share a tokenizer"):
-        TokenDistillObjective(other_vocab, DistillSettings(), teacher=OnlineTeacher(teacher), pad_token_id=0)
-    with pytest.raises(KeyError, match="did you mean 'forward_kl'"):
-        DistillSettings(divergence="forward_kll")
+        TokenDistillObjective(
+            other_vocab, LMDistillConfig(signal="online"), teacher=OnlineTeacher(teacher), pad_token_id=0
+        )
+    with pytest.raises(ValueError, match="did you mean 'forward_kl'"):
+        LMDistillConfig(divergence="forward_kll")
 
 
 def test_hidden_state_losses_match_their_formulas():
@@ -267,10 +275,8 @@ def test_two_process_distillation_equals_one_process(model_dir, teacher, example
     examples_file = tmp_path / "examples.json"
     examples_file.write_text(json.dumps([{k: e[k] for k in ("input_ids", "labels")} for e in examples]))
     objective = TokenDistillObjective(kd_student(teacher), KD, teacher=OnlineTeacher(teacher), pad_token_id=0)
-    cfg = SFTConfig(
-        steps=4, micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
-    )
-    single = train_objective(objective, examples, cfg, pad_token_id=0)
+    cfg = loop_config(micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5)
+    single = train_objective(objective, examples, cfg, steps=4, pad_token_id=0)
 
     _torchrun([model_dir, examples_file, tmp_path / "two", 2, 1, "-", "kd"], nproc=2)
     history = json.loads((tmp_path / "two" / "history.json").read_text())["history"]

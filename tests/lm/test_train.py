@@ -13,20 +13,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from kdistill.lm.config import LMTrainConfig, LoraConfig
 from kdistill.lm.evaluate import evaluate_student, response_perplexity
 from kdistill.lm.models import load_causal_lm, model_from_config
 from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
-from kdistill.lm.train import (
-    LoraSettings,
-    SFTConfig,
-    TrainingDiverged,
-    lr_multiplier,
-    response_nll_sum,
-    train_sft,
-)
-from kdistill.training.loop import batch_indices
+from kdistill.lm.train import TrainingDiverged, response_nll_sum, train_sft
+from kdistill.runs.schedule import lr_multiplier
+from kdistill.runs.steps import batch_indices
 
-from .conftest import tiny_llama_config
+from .conftest import loop_config, tiny_llama_config
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +108,10 @@ def test_accumulation_equals_one_big_batch(model_dir, examples, micro, accum):
     runs = []
     for mb, ga in [(4, 1), (micro, accum)]:
         model = load_causal_lm(model_dir, dtype=torch.float64)
-        cfg = SFTConfig(
-            steps=3, micro_batch_size=mb, grad_accum=ga, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
+        cfg = loop_config(
+            micro_batch_size=mb, grad_accum=ga, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
         )
-        result = train_sft(model, examples, cfg, pad_token_id=0)
+        result = train_sft(model, examples, cfg, steps=3, pad_token_id=0)
         runs.append((result.history, _params(result.model)))
     (h_big, w_big), (h_acc, w_acc) = runs
     assert [h["loss"] for h in h_acc] == pytest.approx([h["loss"] for h in h_big], rel=1e-9)
@@ -136,26 +131,20 @@ def _dropout_model(tokenizer):
 
 @pytest.mark.parametrize("stop_at", [3, 4])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokenizer, examples, stop_at):
-    cfg = SFTConfig(
-        steps=6,
-        micro_batch_size=2,
-        grad_accum=2,
-        lr=3e-3,
-        warmup_steps=2,
-        log_every=2,
-        checkpoint_every=2,
-        seed=1,
+    cfg = loop_config(
+        micro_batch_size=2, grad_accum=2, lr=3e-3, warmup_steps=2, log_every=2, checkpoint_every=2
     )
+    run = {"steps": 6, "seed": 1, "pad_token_id": 0}
     torch.manual_seed(0)
-    full = train_sft(_dropout_model(tokenizer), examples, cfg, pad_token_id=0)
+    full = train_sft(_dropout_model(tokenizer), examples, cfg, **run)
 
     torch.manual_seed(0)
     part = train_sft(
-        _dropout_model(tokenizer), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path, stop_after=stop_at
+        _dropout_model(tokenizer), examples, cfg, **run, checkpoint_dir=tmp_path, stop_after=stop_at
     )
     assert (part.steps_done, part.finished) == (stop_at, False)
     torch.manual_seed(123)  # a new process would not share the interrupted one's RNG
-    resumed = train_sft(_dropout_model(tokenizer), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path)
+    resumed = train_sft(_dropout_model(tokenizer), examples, cfg, **run, checkpoint_dir=tmp_path)
     assert resumed.finished and resumed.steps_done == 6
     for (name, a), b in zip(
         full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
@@ -166,10 +155,11 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tokenizer, examples, 
 
 def test_lora_trains_only_adapters_and_saves_a_plain_merged_model(tmp_path, model_dir, tokenizer, examples):
     original = _params(load_causal_lm(model_dir))
-    lora = LoraSettings(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
-    cfg = SFTConfig(steps=4, micro_batch_size=4, lr=1e-2, checkpoint_every=2, lora=lora)
+    lora = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"])
+    cfg = loop_config(micro_batch_size=4, lr=1e-2, checkpoint_every=2)
+    run = {"steps": 4, "lora": lora, "pad_token_id": 0}
     part = train_sft(
-        load_causal_lm(model_dir), examples, cfg, pad_token_id=0, checkpoint_dir=tmp_path / "ck", stop_after=2
+        load_causal_lm(model_dir), examples, cfg, **run, checkpoint_dir=tmp_path / "ck", stop_after=2
     )
     adapted = part.model.state_dict()
     lora_b = [k for k in adapted if "lora_B" in k]
@@ -186,7 +176,7 @@ def test_lora_trains_only_adapters_and_saves_a_plain_merged_model(tmp_path, mode
         load_causal_lm(model_dir),
         examples,
         cfg,
-        pad_token_id=0,
+        **run,
         tokenizer=tokenizer,
         output_dir=out,
         checkpoint_dir=tmp_path / "ck",
@@ -201,12 +191,13 @@ def test_lora_trains_only_adapters_and_saves_a_plain_merged_model(tmp_path, mode
 
 
 def test_saved_model_reloads_with_identical_logits(tmp_path, tiny_model, tokenizer, examples):
-    cfg = SFTConfig(steps=2, micro_batch_size=4, lr=1e-3, log_every=1)
+    cfg = loop_config(micro_batch_size=4, lr=1e-3, log_every=1)
     seen = []
     result = train_sft(
         tiny_model,
         examples,
         cfg,
+        steps=2,
         pad_token_id=0,
         tokenizer=tokenizer,
         output_dir=tmp_path / "out",
@@ -227,11 +218,12 @@ def test_sft_memorises_a_tiny_dataset(model_dir, tokenizer, rows, examples):
     model = load_causal_lm(model_dir)
     before = response_perplexity(model, examples, pad_token_id=0)["perplexity"]
     logged = []
-    cfg = SFTConfig(steps=100, micro_batch_size=8, lr=1e-2, warmup_steps=5, log_every=25, eval_every=50)
+    cfg = loop_config(micro_batch_size=8, lr=1e-2, warmup_steps=5, log_every=25, eval_every=50)
     result = train_sft(
         model,
         examples,
         cfg,
+        steps=100,
         pad_token_id=0,
         evaluate=lambda m: {"ppl": response_perplexity(m, examples, pad_token_id=0)["perplexity"]},
         on_log=logged.append,
@@ -249,7 +241,7 @@ def test_sft_memorises_a_tiny_dataset(model_dir, tokenizer, rows, examples):
 
 def test_bf16_autocast_trains_and_gives_back_a_plain_float32_model(tiny_model, examples):
     before = tiny_model.model.layers[0].mlp.up_proj.weight.clone()
-    result = train_sft(tiny_model, examples, SFTConfig(steps=2, mixed_precision="bf16"), pad_token_id=0)
+    result = train_sft(tiny_model, examples, loop_config(mixed_precision="bf16"), steps=2, pad_token_id=0)
     assert math.isfinite(result.history[-1]["loss"])
     assert not torch.equal(result.model.model.layers[0].mlp.up_proj.weight, before)
     assert next(result.model.parameters()).dtype == torch.float32  # master weights stay float32
@@ -263,9 +255,9 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny_model, examples):
     with torch.no_grad():
         tiny_model.model.norm.weight.fill_(math.nan)
     with pytest.raises(TrainingDiverged, match="not finite at step 1"):
-        train_sft(tiny_model, examples, SFTConfig(steps=2), pad_token_id=0)
+        train_sft(tiny_model, examples, loop_config(), steps=2, pad_token_id=0)
     with pytest.raises(ValueError, match="grad_accum"):
-        SFTConfig(grad_accum=0)
+        LMTrainConfig(grad_accum=0)
 
 
 def _torchrun(script_args, nproc):
@@ -290,10 +282,8 @@ def test_two_processes_take_the_same_steps_as_one_with_accumulation(model_dir, e
     examples_file = tmp_path / "examples.json"
     examples_file.write_text(json.dumps([{k: e[k] for k in ("input_ids", "labels")} for e in examples]))
     model = load_causal_lm(model_dir, dtype=torch.float64)
-    cfg = SFTConfig(
-        steps=4, micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5
-    )
-    single = train_sft(model, examples, cfg, pad_token_id=0)
+    cfg = loop_config(micro_batch_size=2, grad_accum=2, lr=1e-2, warmup_steps=1, log_every=1, grad_clip=0.5)
+    single = train_sft(model, examples, cfg, steps=4, pad_token_id=0)
     expected = _params(single.model)
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -309,3 +299,13 @@ def test_two_processes_take_the_same_steps_as_one_with_accumulation(model_dir, e
         weights = load_file(str(out / "weights.safetensors"))
         for name, value in expected.items():
             assert torch.allclose(weights[name], value, rtol=0, atol=1e-9), name
+
+
+def test_warmup_is_cut_to_the_run_and_steps_are_checked(tiny_model, examples):
+    """A warmup longer than the run ends one step before its end, so the run still reaches the peak lr;
+    then the cosine starts at the peak (closed form: 1/2, 1, 1 of lr for 3 steps)."""
+    cfg = loop_config(lr=1e-3, warmup_steps=10, log_every=1)
+    result = train_sft(tiny_model, examples, cfg, steps=3, pad_token_id=0)
+    assert [h["lr"] for h in result.history] == pytest.approx([5e-4, 1e-3, 1e-3], rel=1e-12)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        train_sft(tiny_model, examples, cfg, steps=0, pad_token_id=0)

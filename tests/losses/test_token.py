@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from kdistill.losses import (
     TOKEN_DIVERGENCES,
+    alpha_beta,
     forward_kl,
     generalized_jsd,
     reverse_kl,
@@ -42,6 +43,7 @@ FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "generalized_jsd": generalized_jsd,
     "skew_kl": skew_kl,
     "tvd": tvd,
+    "alpha_beta": alpha_beta,  # its own tests: test_alpha_beta.py
 }
 
 

@@ -21,6 +21,7 @@ from kdistill.losses import (
     sparse_skew_kl,
     sparse_tvd,
 )
+from kdistill.losses.token import ALPHA_BETA
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -42,6 +43,7 @@ SPARSE: dict[str, Callable[..., torch.Tensor]] = {
     "generalized_jsd": sparse_generalized_jsd,
     "skew_kl": sparse_skew_kl,
     "tvd": sparse_tvd,
+    "alpha_beta": ALPHA_BETA.sparse,  # its own tests: test_alpha_beta.py
 }
 
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from kdistill.api import distill
-from kdistill.config import TrainConfig
-from kdistill.models.zoo import build_model
+from kdistill.classic.config import TrainConfig
+from kdistill.classic.loop import Batch, train
+from kdistill.classic.zoo import build_model
 from kdistill.provenance.agreement import agreement_test, agreement_test_models, top1_agreement
-from kdistill.training.loop import Batch, train
 
 STEPS, LR, BATCH = 400, 1e-2, 64
 REFERENCES, INDEPENDENT = 100, 20

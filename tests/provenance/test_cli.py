@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     """(model dir, watermarked gens dir, plain gens dir)."""
     from tests.fixtures.tiny_lm import build_tiny_lm
 
-    from kdistill.generation import GenerationConfig, generate
+    from kdistill.generate.run import GenerationConfig, generate
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -83,7 +83,7 @@ def test_detect_finds_the_watermark_in_a_generation_dir_and_not_in_a_plain_one(s
     assert abs(cold["statistic"]) < 3
 
     # a text file is one text; the same rows joined still carry the mark
-    from kdistill.data import load_generations
+    from kdistill.generate.store import load_generations
 
     text = tmp_path / "answer.txt"
     text.write_text(load_generations(wm)["completion"][0])
@@ -102,7 +102,7 @@ def test_detect_without_the_key_is_a_one_line_user_error(setup):
 def test_radioactivity_reports_both_statistics_as_the_library_does(setup):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kdistill.data import load_generations
+    from kdistill.generate.store import load_generations
     from kdistill.provenance.radioactivity import radioactivity_test
 
     model, wm, _ = setup

@@ -181,7 +181,7 @@ def test_hf_sampling_is_seeded_and_tells_two_models_apart(tokenizer):
 
 
 def test_reading_a_generation_dir_gives_token_ids_and_prompt_keys(tmp_path, tokenizer):
-    from kdistill.data.generation_store import GenerationStore
+    from kdistill.generate.store import GenerationStore
 
     tok = tokenizer
     chat = [{"role": "user", "content": "hi"}]

@@ -226,7 +226,7 @@ def tiny_lm_dir(tmp_path_factory):
 
 
 def _gen_config(model_dir, prompts, out, watermark):
-    from kdistill.generation import GenerationConfig
+    from kdistill.generate.run import GenerationConfig
 
     teacher = {"kind": "hf_local", "model": str(model_dir), "batch_size": 8, "api": "completions"}
     if watermark is not None:
@@ -247,8 +247,8 @@ def test_hf_teacher_watermarks_its_samples_and_records_a_fingerprint_not_the_key
 ):
     from transformers import AutoTokenizer
 
-    from kdistill.data import load_generations
-    from kdistill.generation import GenerationError, generate
+    from kdistill.generate.run import GenerationError, generate
+    from kdistill.generate.store import load_generations
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": str(i), "prompt": f"Item {i}:"}) + "\n" for i in range(8)))
@@ -291,7 +291,7 @@ def test_hf_teacher_watermarks_its_samples_and_records_a_fingerprint_not_the_key
 
 def test_watermark_config_is_validated_with_field_paths():
     from kdistill.config import ConfigError
-    from kdistill.generation import load_generation_config
+    from kdistill.generate.run import load_generation_config
 
     base = {"prompts": "p.jsonl", "out": "o", "teacher": {"kind": "hf_local", "model": "m"}}
     cfg = load_generation_config(None, {**base, "teacher": {**base["teacher"], "watermark": {}}})

@@ -6,70 +6,54 @@ Components only (a recipe wires them):
               StaticEmbeddingStudent (one vector per token)
     corpus    distillation text from files, JSONL or records -> {id: text}
     cache     teacher embeddings of a corpus: content-addressed, resumable safetensors shards
-    distill   EmbeddingDistiller (loss terms + projection) and train_embedding_student (the loop)
+    distill   EmbeddingDistiller (loss terms + projection) and train_embedding_student (the loop, driven
+              by a student's `train:` section, EncoderTrainConfig)
     save      save_sentence_transformer: a directory `SentenceTransformer(path)` loads
     evaluate  recall@k, Spearman of pairwise similarities, throughput, footprint
-"""
 
-from kdistill.encoders.cache import (
-    CacheReport,
-    EmbeddingCacheError,
-    TeacherEmbeddings,
-    cache_teacher_embeddings,
-    embedding_cache_key,
-)
-from kdistill.encoders.corpus import corpus_from_files, corpus_from_records, text_id
-from kdistill.encoders.distill import EmbeddingDistillConfig, EmbeddingDistiller, train_embedding_student
-from kdistill.encoders.evaluate import (
-    encode_throughput,
-    evaluate_encoder,
-    footprint,
-    recall_at_k,
-    similarity_spearman,
-)
-from kdistill.encoders.models import (
-    StaticEmbeddingStudent,
-    TextEncoder,
-    choose_encoder_layers,
-    cut_layers,
-    encoder_from_config,
-    evenly_spaced_layers,
-    layer_influence,
-    load_encoder,
-    pca_reduce,
-    read_sentence_transformers_layout,
-    sif_weights,
-)
-from kdistill.encoders.save import load_saved_encoder, save_sentence_transformer
+Names are imported on first use, so reading a config of this task does not load torch."""
 
-__all__ = [
-    "CacheReport",
-    "EmbeddingCacheError",
-    "EmbeddingDistillConfig",
-    "EmbeddingDistiller",
-    "StaticEmbeddingStudent",
-    "TeacherEmbeddings",
-    "TextEncoder",
-    "cache_teacher_embeddings",
-    "choose_encoder_layers",
-    "corpus_from_files",
-    "corpus_from_records",
-    "cut_layers",
-    "embedding_cache_key",
-    "encode_throughput",
-    "encoder_from_config",
-    "evaluate_encoder",
-    "evenly_spaced_layers",
-    "footprint",
-    "layer_influence",
-    "load_encoder",
-    "load_saved_encoder",
-    "pca_reduce",
-    "read_sentence_transformers_layout",
-    "recall_at_k",
-    "save_sentence_transformer",
-    "similarity_spearman",
-    "sif_weights",
-    "text_id",
-    "train_embedding_student",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CacheReport": "kdistill.encoders.cache",
+    "EmbeddingCacheError": "kdistill.encoders.cache",
+    "EmbeddingDistiller": "kdistill.encoders.distill",
+    "StaticEmbeddingStudent": "kdistill.encoders.models",
+    "TeacherEmbeddings": "kdistill.encoders.cache",
+    "TextEncoder": "kdistill.encoders.models",
+    "cache_teacher_embeddings": "kdistill.encoders.cache",
+    "choose_encoder_layers": "kdistill.encoders.models",
+    "corpus_from_files": "kdistill.encoders.corpus",
+    "corpus_from_records": "kdistill.encoders.corpus",
+    "cut_layers": "kdistill.encoders.models",
+    "embedding_cache_key": "kdistill.encoders.cache",
+    "encode_throughput": "kdistill.encoders.evaluate",
+    "encoder_from_config": "kdistill.encoders.models",
+    "evaluate_encoder": "kdistill.encoders.evaluate",
+    "evenly_spaced_layers": "kdistill.encoders.models",
+    "footprint": "kdistill.encoders.evaluate",
+    "layer_influence": "kdistill.encoders.models",
+    "load_encoder": "kdistill.encoders.models",
+    "load_saved_encoder": "kdistill.encoders.save",
+    "pca_reduce": "kdistill.encoders.models",
+    "planned_steps": "kdistill.encoders.distill",
+    "read_sentence_transformers_layout": "kdistill.encoders.models",
+    "recall_at_k": "kdistill.encoders.evaluate",
+    "save_sentence_transformer": "kdistill.encoders.save",
+    "sif_weights": "kdistill.encoders.models",
+    "similarity_spearman": "kdistill.encoders.evaluate",
+    "text_id": "kdistill.encoders.corpus",
+    "train_embedding_student": "kdistill.encoders.distill",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

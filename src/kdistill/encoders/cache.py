@@ -1,8 +1,8 @@
 """Teacher embeddings of a distillation corpus, computed once, stored by content key, resumable.
 
 Each text (keyed by its string id) gets one row: the teacher's text embedding, float32 (D,). Epochs then
-read rows instead of running the teacher again. The habits are those of `kdistill.data.teacher_signal`,
-sharing its shard protocol (`kdistill.data.shards`).
+read rows instead of running the teacher again. The habits are those of `kdistill.lm.signal_store`,
+sharing its shard protocol (`kdistill.runs.shards`).
 
 Layout of a cache directory::
 
@@ -39,7 +39,9 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from kdistill.data.shards import (
+from kdistill.encoders.models import TextEncoder
+from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory
+from kdistill.runs.shards import (
     MANIFEST,
     OWN_FILES,
     SHARD_NAME,
@@ -48,8 +50,6 @@ from kdistill.data.shards import (
     utc_now,
     verify_shard,
 )
-from kdistill.encoders.models import TextEncoder
-from kdistill.io import atomic_write_bytes, atomic_write_text, fsync_dir, lock_directory
 
 __all__ = [
     "FORMAT",
@@ -113,7 +113,7 @@ def embedding_cache_key(teacher: TextEncoder, pairs: Sequence[tuple[str, str]]) 
 
 
 def default_embedding_dir(key: str, cache_root: Path | None = None) -> Path:
-    from kdistill.methods.teacher import default_cache_root
+    from kdistill.runs.locations import default_cache_root
 
     return (cache_root or default_cache_root()) / "teacher_embeddings" / key
 

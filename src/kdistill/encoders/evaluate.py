@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.evaluation.metrics import count_parameters, size_on_disk_bytes
+from kdistill.runs.threads import torch_threads
 
 __all__ = [
     "Encoder",
@@ -93,15 +94,9 @@ def similarity_spearman(student_emb: Tensor, teacher_emb: Tensor) -> float:
     return float(result.statistic)
 
 
-@contextmanager
-def _threads(n: int | None):
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+def _threads(n: int | None) -> AbstractContextManager[None]:
+    """`n` torch threads for the block, or whatever torch uses now when `n` is None."""
+    return nullcontext() if n is None else torch_threads(n)
 
 
 def encode_throughput(

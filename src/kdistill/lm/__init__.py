@@ -1,75 +1,53 @@
 """Causal-LM students: teacher answers -> SFT data, layer pruning from the teacher, fine-tuning, evaluation.
 
-Components only (no config reading): a recipe wires `tokenize_rows` -> `prune_layers(teacher, choose_layers(
-block_influence(...)))` -> `train_sft` -> `evaluate_student`.
-"""
+Components a recipe (`kdistill.lm.recipe`) wires: `tokenize_rows` -> `prune_layers(teacher, choose_layers(
+block_influence(...)))` -> `train_sft(student, examples, cfg.train, steps=...)` -> `evaluate_student`. The
+training loop and the objectives take their config section itself (`LMTrainConfig`, `LMDistillConfig`,
+`LoraConfig` of `kdistill.lm.config`); nothing else reads a config.
 
-from kdistill.lm.evaluate import (
-    evaluate_student,
-    exact_match,
-    generate_answers,
-    lcs_length,
-    response_perplexity,
-    rouge_l_f1,
-    teacher_agreement,
-)
-from kdistill.lm.models import (
-    count_parameters,
-    directory_size_bytes,
-    load_causal_lm,
-    load_tokenizer,
-    model_from_config,
-    rebuild,
-    size_on_disk_bytes,
-)
-from kdistill.lm.prune import (
-    block_influence,
-    calibration_batches,
-    choose_layers,
-    prune_layers,
-    pruning_report,
-)
-from kdistill.lm.sft_data import IGNORE_INDEX, TokenizedRows, collate, encode_prompt, tokenize_rows
-from kdistill.lm.train import (
-    LoraSettings,
-    SFTConfig,
-    SFTResult,
-    TrainingDiverged,
-    merge_lora,
-    save_model,
-    train_sft,
-)
+Names are imported on first use, so reading a config of this task does not load torch."""
 
-__all__ = [
-    "IGNORE_INDEX",
-    "LoraSettings",
-    "SFTConfig",
-    "SFTResult",
-    "TokenizedRows",
-    "TrainingDiverged",
-    "block_influence",
-    "calibration_batches",
-    "choose_layers",
-    "collate",
-    "count_parameters",
-    "directory_size_bytes",
-    "encode_prompt",
-    "evaluate_student",
-    "exact_match",
-    "generate_answers",
-    "lcs_length",
-    "load_causal_lm",
-    "load_tokenizer",
-    "merge_lora",
-    "model_from_config",
-    "prune_layers",
-    "pruning_report",
-    "rebuild",
-    "response_perplexity",
-    "rouge_l_f1",
-    "save_model",
-    "size_on_disk_bytes",
-    "teacher_agreement",
-    "tokenize_rows",
-    "train_sft",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IGNORE_INDEX": "kdistill.lm.sft_data",
+    "SFTResult": "kdistill.lm.train",
+    "TokenizedRows": "kdistill.lm.sft_data",
+    "TrainingDiverged": "kdistill.lm.train",
+    "block_influence": "kdistill.lm.prune",
+    "calibration_batches": "kdistill.lm.prune",
+    "choose_layers": "kdistill.lm.prune",
+    "collate": "kdistill.lm.sft_data",
+    "count_parameters": "kdistill.lm.models",
+    "directory_size_bytes": "kdistill.lm.models",
+    "encode_prompt": "kdistill.lm.sft_data",
+    "evaluate_student": "kdistill.lm.evaluate",
+    "exact_match": "kdistill.lm.evaluate",
+    "generate_answers": "kdistill.lm.evaluate",
+    "lcs_length": "kdistill.lm.evaluate",
+    "load_causal_lm": "kdistill.lm.models",
+    "load_tokenizer": "kdistill.lm.models",
+    "merge_lora": "kdistill.lm.train",
+    "model_from_config": "kdistill.lm.models",
+    "prune_layers": "kdistill.lm.prune",
+    "pruning_report": "kdistill.lm.prune",
+    "rebuild": "kdistill.lm.models",
+    "response_perplexity": "kdistill.lm.evaluate",
+    "rouge_l_f1": "kdistill.lm.evaluate",
+    "save_model": "kdistill.lm.train",
+    "size_on_disk_bytes": "kdistill.lm.models",
+    "teacher_agreement": "kdistill.lm.evaluate",
+    "tokenize_rows": "kdistill.lm.sft_data",
+    "train_sft": "kdistill.lm.train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,6 +1,6 @@
 """Capture a teacher's top-k log-probabilities once, into the teacher-signal store, for offline distillation.
 
-Two sources, one store (`kdistill.data.teacher_signal`):
+Two sources, one store (`kdistill.lm.signal_store`):
 
 - `capture_topk(model, examples, ...)`: run a Hugging Face causal LM over tokenized examples (batched,
   `no_grad`, eval mode), take `log_softmax` of its logits in float32 and keep the top k per position.
@@ -53,7 +53,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from kdistill.data.teacher_signal import (
+from kdistill.lm.sft_data import IGNORE_INDEX, tokenize_row
+from kdistill.lm.signal_store import (
     ABSENT_ID,
     FORMAT,
     SignalRows,
@@ -63,7 +64,6 @@ from kdistill.data.teacher_signal import (
     signal_key,
     store_size_bytes,
 )
-from kdistill.lm.sft_data import IGNORE_INDEX, tokenize_row
 from kdistill.lm.tokenizers import tokenizer_fingerprint
 
 Progress = Callable[[int, int], None]  # (examples stored, examples in the data)
@@ -476,7 +476,7 @@ def signal_from_generations(
     alternatives). Rows without logprobs are skipped and counted (`result.endpoint`). The content key
     hashes the rows' teacher identities, the tokenizer fingerprint, every example's ids and logprobs, and k.
     """
-    from kdistill.data.generation_store import load_generations
+    from kdistill.generate.store import load_generations
     from kdistill.lm.sft_data import encode_completion
 
     start = time.perf_counter()

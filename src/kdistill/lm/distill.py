@@ -5,15 +5,15 @@
                        + hidden_weight * sum_t sum_(s->t layers) h(P h_s, h_t)) hidden states, projected
                       / (response tokens of the whole window, all processes)
 
-`div` is any of `kdistill.losses.token` (an online teacher: its logits) or `kdistill.losses.token_sparse`
-(a cached teacher: its top-k log-probabilities from `kdistill capture`), computed by
+`div` is any divergence record of `kdistill.losses.token` (`DIVERGENCES`), in its dense form for an online
+teacher (its logits) or its sparse form for a cached one (top-k log-probabilities from `kdistill capture`), computed by
 `chunked_distill_loss` from the student's last hidden states and head weights, so the (tokens x vocab)
 logits never exist whole. T is the distillation temperature (`temperature`); the on-policy sampling
 temperature is a separate knob (`on_policy_temperature`).
 
 Teacher signal: `CachedTeacher` joins the stored rows to a batch by record id (never by position) and
 checks their lengths; `OnlineTeacher` runs the teacher under no_grad each step, optionally on another
-device or in lower precision. Teacher and student must share a tokenizer (checked by the runner with
+device or in lower precision. Teacher and student must share a tokenizer (checked by the recipe with
 `kdistill.lm.tokenizers.assert_same_tokenizer`; here the vocabulary sizes must match).
 
 On-policy (GKD, Agarwal et al. 2024): with probability `on_policy_fraction` a step's sequences are the
@@ -27,77 +27,24 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from kdistill.data.teacher_signal import TeacherSignal
+from kdistill.lm.config import LMDistillConfig
 from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate
+from kdistill.lm.signal_store import TeacherSignal
 from kdistill.losses.chunked import chunked_distill_loss
 from kdistill.losses.hidden import HIDDEN_LOSSES
-from kdistill.losses.token import TOKEN_DIVERGENCES
-from kdistill.losses.token_sparse import SPARSE_TOKEN_DIVERGENCES
 
 __all__ = [
     "CachedTeacher",
-    "DistillSettings",
-    "HiddenStateSettings",
     "OnlineTeacher",
     "TokenDistillObjective",
     "backbone_and_head",
 ]
-
-
-@dataclass(frozen=True)
-class HiddenStateSettings:
-    """Hidden-state matching: student layer -> teacher layer (hidden_states index: 0 = embeddings,
-    i = output of block i), through a learned linear projection when the widths differ."""
-
-    layer_map: Mapping[int, int]
-    loss: str = "mse"  # mse | cosine
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.layer_map:
-            raise ValueError("HiddenStateSettings.layer_map is empty")
-        if self.loss not in HIDDEN_LOSSES:
-            raise ValueError(
-                f"HiddenStateSettings.loss must be one of {sorted(HIDDEN_LOSSES)}, got {self.loss!r}"
-            )
-
-
-@dataclass(frozen=True)
-class DistillSettings:
-    """Every knob of the white-box objective, with its default."""
-
-    divergence: str = "forward_kl"  # a name of kdistill.losses.token (sparse variant for a cached teacher)
-    divergence_kwargs: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"beta": 0.5}
-    temperature: float = 1.0  # distillation temperature (softens both sides); not the sampling one
-    scale_by_t2: bool = False  # multiply the divergence by T^2
-    kd_weight: float = 1.0
-    ce_weight: float = 0.0  # weight of the SFT term on the same tokens
-    chunk_size: int = 1024  # tokens per chunk of the head matmul
-    hidden: HiddenStateSettings | None = None
-    on_policy_fraction: float = 0.0  # GKD's lambda: share of steps trained on the student's own samples
-    on_policy_max_new_tokens: int = 64
-    on_policy_temperature: float = 1.0  # sampling temperature of those samples
-    seed: int = 0  # decides which steps are on-policy
-
-    def __post_init__(self) -> None:
-        TOKEN_DIVERGENCES.get(self.divergence)  # unknown name: a did-you-mean error
-        if not self.temperature > 0:
-            raise ValueError(f"DistillSettings.temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.on_policy_fraction <= 1.0:
-            raise ValueError(
-                f"DistillSettings.on_policy_fraction must be in [0, 1], got {self.on_policy_fraction}"
-            )
-        if self.kd_weight < 0 or self.ce_weight < 0:
-            raise ValueError("DistillSettings weights must be >= 0")
-        if self.chunk_size < 1 or self.on_policy_max_new_tokens < 1:
-            raise ValueError("DistillSettings.chunk_size and on_policy_max_new_tokens must be >= 1")
 
 
 class CachedTeacher:
@@ -141,34 +88,39 @@ class OnlineTeacher:
 
 
 class TokenDistillObjective(nn.Module):
-    """The white-box objective for `kdistill.lm.train.train_objective`; owns the student and projections."""
+    """The white-box objective for `kdistill.lm.train.train_objective`; owns the student and projections.
+
+    `cfg` is the run config's `distill` section: its loss knobs (divergence, temperature, weights, chunk
+    size, hidden states, on-policy sampling) are read here; which teacher it is (`signal`, `top_k`,
+    `teacher_dtype`) is decided by the caller that builds `teacher`. `seed` decides which steps are
+    on-policy.
+    """
 
     def __init__(
         self,
         student: nn.Module,
-        settings: DistillSettings,
+        cfg: LMDistillConfig,
         *,
         teacher: CachedTeacher | OnlineTeacher,
         pad_token_id: int,
         eos_token_id: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.student = student
-        self.settings = settings
+        self.cfg, self.seed = cfg, seed
         self.pad_token_id, self.eos_token_id = pad_token_id, eos_token_id
         self._teacher = (teacher,)  # a tuple: the teacher must not become a submodule (DDP, optimizer)
         online = isinstance(teacher, OnlineTeacher)
-        if settings.on_policy_fraction > 0 and not online:
+        if cfg.on_policy_fraction > 0 and not online:
             raise ValueError(
                 "on-policy distillation needs an online teacher: a cached signal has no rows for "
                 "the student's own samples"
             )
-        if settings.hidden is not None and not online:
+        if cfg.hidden is not None and not online:
             raise ValueError(
                 "hidden-state distillation needs an online teacher (the cache holds top-k logits only)"
             )
-        if not online:
-            SPARSE_TOKEN_DIVERGENCES.get(settings.divergence)
         _, student_head = backbone_and_head(student)
         if online and teacher.head.weight.shape[0] != student_head.weight.shape[0]:
             raise ValueError(
@@ -177,10 +129,10 @@ class TokenDistillObjective(nn.Module):
                 "(cross-tokenizer distillation is not supported yet)"
             )
         self.projections = nn.ModuleDict()
-        if settings.hidden is not None:
+        if cfg.hidden is not None:
             s_width = student.config.hidden_size
             t_width = teacher.model.config.hidden_size
-            for s_layer in settings.hidden.layer_map:
+            for s_layer in cfg.hidden.layer_map:
                 like = next(student.parameters())
                 proj = (
                     nn.Linear(s_width, t_width, bias=False, dtype=like.dtype, device=like.device)
@@ -197,7 +149,7 @@ class TokenDistillObjective(nn.Module):
         return sum(p.numel() for p in self.projections.parameters())
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        s = self.settings
+        s = self.cfg
         input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         want_layers = s.hidden is not None
         backbone, head = backbone_and_head(self.student)
@@ -217,7 +169,6 @@ class TokenDistillObjective(nn.Module):
                 if self.teacher.head.bias is None
                 else self.teacher.head.bias.to(hidden.device),
             }
-            divergence = s.divergence
         else:
             lengths = attention_mask.sum(dim=1).tolist()
             rows = self.teacher.topk(batch["ids"], lengths, input_ids.shape[1], hidden.device)
@@ -226,7 +177,6 @@ class TokenDistillObjective(nn.Module):
                 "teacher_logprobs": rows["topk_logprobs"][:, :-1],
             }
             mask = mask & rows["valid"][:, :-1]
-            divergence = s.divergence
         # KD and CE both on: one fused gradient per chunk (one pair of head matmuls); the terms below sum to
         # kd_weight * divergence + ce_weight * nll_sum, the only combination the fused gradient supports
         fused = (
@@ -238,7 +188,7 @@ class TokenDistillObjective(nn.Module):
             hidden,
             head.weight,
             student_head_bias=head.bias,
-            divergence=divergence,
+            divergence=s.divergence,
             divergence_kwargs=dict(s.divergence_kwargs),
             labels=targets if s.ce_weight > 0 else None,
             mask=mask,
@@ -265,8 +215,8 @@ class TokenDistillObjective(nn.Module):
     # -- on-policy ------------------------------------------------------------------------------------
 
     def prepare_window(self, micro_batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
-        s = self.settings
-        if s.on_policy_fraction == 0 or random.Random(f"{s.seed}:{step}").random() >= s.on_policy_fraction:
+        s = self.cfg
+        if s.on_policy_fraction == 0 or random.Random(f"{self.seed}:{step}").random() >= s.on_policy_fraction:
             return micro_batches
         return [self._student_samples(b) for b in micro_batches]
 
@@ -291,9 +241,9 @@ class TokenDistillObjective(nn.Module):
             input_ids=input_ids,
             attention_mask=attention,
             do_sample=True,
-            temperature=self.settings.on_policy_temperature,
+            temperature=self.cfg.on_policy_temperature,
             top_k=0,
-            max_new_tokens=self.settings.on_policy_max_new_tokens,
+            max_new_tokens=self.cfg.on_policy_max_new_tokens,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
         )[:, width:]

@@ -71,8 +71,9 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """A causal LM in eval mode, on the CPU.
 
-    GGUF weights are dequantised by transformers, but the model then refuses `save_pretrained`
-    (FACTS.md); with `saveable=True` it is rebuilt as a plain model holding the same tensors, so a
+    GGUF weights are dequantised by transformers, but the model keeps its GGUF quantizer, whose
+    `is_serializable()` is False, so `save_pretrained` raises ("quantized with gguf and is not
+    serializable"); with `saveable=True` it is rebuilt as a plain model holding the same tensors, so a
     student pruned or fine-tuned from it can be saved and reloaded without the GGUF file.
     """
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}

@@ -2,8 +2,9 @@
 
 Block influence of layer i (Men et al. 2024, https://arxiv.org/abs/2403.03853) is the mean over real tokens
 of 1 - cos(h_i, h_{i+1}), the hidden state entering and leaving the layer: a layer that barely turns the
-residual stream is cheap to remove. FACTS.md: on SmolLM2-135M, dropping the 10 lowest-influence layers of
-30 gives perplexity 92, dropping every 3rd layer 16,161. Works for Llama-family models (`model.model.layers`).
+residual stream is cheap to remove. Measured on SmolLM2-135M before any training: dropping its 10
+lowest-influence layers of 30 gave perplexity 92, dropping every third layer 16,161. Works for Llama-family
+models (`model.model.layers`).
 """
 
 from __future__ import annotations

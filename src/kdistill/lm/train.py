@@ -10,10 +10,13 @@ micro-batch therefore contributes `its nll sum / window token count`, and the gr
 a window is one batch of 8 or 8 micro-batches of 1 (a mean of per-micro-batch means would weight a short
 answer's tokens more than a long one's).
 
+The loop's knobs are the run config's `train` section (`LMTrainConfig`) itself; what a run computes from
+it (the number of optimizer steps, the seed) and the student's `lora` section come as arguments.
+
 Exact resume: the rows of step s are `batch_indices(s, n, global_batch, seed)`, so the data position is
-the step number; a checkpoint holds the trainable parameters, AdamW's state, the scheduler, torch's RNG
-(dropout, one state per process) and the running log sums. Device placement, mixed precision and data
-parallelism come from `accelerate.Accelerator`.
+the step number; a checkpoint (`save_training_state`) holds the trainable parameters, AdamW's state, the
+scheduler, torch's RNG (dropout, one state per process) and the running log sums. Device placement, mixed
+precision and data parallelism come from `accelerate.Accelerator`.
 
 Several processes (`accelerate launch` or `torchrun`): each optimizer step's window has
 `micro_batch_size * grad_accum * num_processes` rows (the global batch), cut into micro-batches of
@@ -34,7 +37,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,82 +48,27 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
+from kdistill.lm.config import LMTrainConfig, LoraConfig
 from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
 from kdistill.losses.chunked import chunked_cross_entropy
 from kdistill.losses.numerics import compute_dtype
-from kdistill.training.checkpoint import load_latest_checkpoint, save_checkpoint
-from kdistill.training.loop import TrainingDiverged, batch_indices
+from kdistill.runs.checkpoint import restore_training_state, save_training_state
+from kdistill.runs.schedule import lr_scheduler
+from kdistill.runs.steps import TrainingDiverged, batch_indices
 
 __all__ = [
     "Objective",
     "SFTObjective",
-    "LoraSettings",
-    "SFTConfig",
     "SFTResult",
     "TrainingDiverged",
     "attach_lora",
-    "lr_multiplier",
     "merge_lora",
     "response_nll_sum",
     "save_model",
     "train_objective",
     "train_sft",
 ]
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """Low-rank adapters (peft) on `target_modules`; only they train, and they are merged before saving."""
-
-    r: int = 8  # rank of each adapter
-    alpha: float = 16.0  # the update is scaled by alpha / r
-    dropout: float = 0.0  # dropout on the adapter's input
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # module names to adapt
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """Every knob of `train_sft`, with its default."""
-
-    steps: int = 100  # optimizer steps
-    micro_batch_size: int = 4  # rows per forward pass
-    # micro-batches per process per optimizer step; the window is micro_batch_size * grad_accum * processes rows
-    grad_accum: int = 1
-    lr: float = 1e-4  # peak learning rate
-    warmup_steps: int = 0  # linear warmup from lr / warmup_steps to lr
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warmup
-    min_lr_ratio: float = 0.0  # the decay ends at lr * min_lr_ratio
-    weight_decay: float = 0.0  # AdamW decay, on matrices only (not norms, biases)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = (
-        "no"  # autocast dtype (accelerate); the loss stays float32
-    )
-    seed: int = 0  # data order
-    log_every: int = 10  # steps between history entries (and on_log calls)
-    eval_every: int | None = None  # steps between `evaluate` calls; None = only at the end
-    checkpoint_every: int | None = None  # steps between checkpoints; None = never
-    lora: LoraSettings | None = None  # None = full fine-tuning
-
-    def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "micro_batch_size": self.micro_batch_size}
-        positive |= {"grad_accum": self.grad_accum, "log_every": self.log_every}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1, got {value}")
-        for name in ("eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"SFTConfig.{name} must be >= 1 or None, got {value}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"SFTConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(
-                f"SFTConfig.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"
-            )
-        if not 0.0 <= self.min_lr_ratio <= 1.0 or self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("SFTConfig needs lr > 0, warmup_steps >= 0 and 0 <= min_lr_ratio <= 1")
 
 
 @dataclass
@@ -145,31 +93,18 @@ def response_nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
     )
 
 
-def lr_multiplier(
-    step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float = 0.0
-) -> float:
-    """Factor on the peak lr for optimizer step `step` (0-based): linear warmup, then cosine/linear/constant."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
-    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
-
-
-def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> nn.Module:
+def attach_lora(model: PreTrainedModel, lora: LoraConfig) -> nn.Module:
     """Wrap `model` with peft LoRA adapters (injected in place); only the adapters stay trainable."""
-    from peft import LoraConfig, get_peft_model
+    import peft
 
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    return peft.get_peft_model(model, config)
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -203,7 +138,7 @@ def _make_accelerator(mixed_precision: str) -> Accelerator:
     """The GPU if there is one (one per process under `accelerate launch`); accelerate's accumulation off.
 
     num_steps=1 because accelerate's backward divides the loss by its accumulation steps (even when they
-    come from the environment): the window normalisation in `train_sft` must be the only one.
+    come from the environment): the window normalisation in `train_objective` must be the only one.
     """
     kwargs = {
         "cpu": not torch.cuda.is_available(),
@@ -233,8 +168,9 @@ def close_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def _make_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
-    # nanoGPT's rule: decay matrices (weights, embeddings), not vectors (norm scales, biases).
+def _make_optimizer(model: nn.Module, cfg: LMTrainConfig) -> torch.optim.AdamW:
+    """AdamW with torch's betas (0.9, 0.999); nanoGPT's rule: decay matrices (weights, embeddings), not
+    vectors (norm scales, biases)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing to train: the model has no trainable parameters")
@@ -242,7 +178,7 @@ def _make_optimizer(model: nn.Module, cfg: SFTConfig) -> torch.optim.AdamW:
         {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.999))
 
 
 def _trainable_state(model: nn.Module) -> dict[str, Tensor]:
@@ -315,21 +251,26 @@ def _plain_head(model: nn.Module) -> bool:
 def train_sft(
     model: PreTrainedModel,
     examples: Sequence[Mapping[str, Any]],
-    cfg: SFTConfig,
+    cfg: LMTrainConfig,
+    *,
+    steps: int,
     **kwargs: Any,
 ) -> SFTResult:
     """Fine-tune `model` (in place) on tokenized `examples` ({"input_ids", "labels"}, from tokenize_rows).
 
     The keyword arguments are those of `train_objective`.
     """
-    return train_objective(SFTObjective(model), examples, cfg, **kwargs)
+    return train_objective(SFTObjective(model), examples, cfg, steps=steps, **kwargs)
 
 
 def train_objective(
     objective: Objective,
     examples: Sequence[Mapping[str, Any]],
-    cfg: SFTConfig,
+    cfg: LMTrainConfig,
     *,
+    steps: int,
+    seed: int = 0,
+    lora: LoraConfig | None = None,
     pad_token_id: int,
     tokenizer: PreTrainedTokenizerBase | None = None,
     output_dir: str | os.PathLike[str] | None = None,
@@ -338,57 +279,55 @@ def train_objective(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     stop_after: int | None = None,
 ) -> SFTResult:
-    """Train `objective.student` (in place) on tokenized `examples` ({"input_ids", "labels", "record_id"}).
+    """Train `objective.student` (in place) on tokenized `examples` ({"input_ids", "labels", "record_id"})
+    for `steps` optimizer steps; `seed` decides the data order, `lora` (None: full fine-tuning) trains
+    adapters only. The warmup is cut to steps - 1, so a short run still reaches the peak lr.
 
     With `checkpoint_dir`, a rerun resumes from the latest checkpoint and ends with the same weights as an
     uninterrupted run. With `output_dir`, the finished student (LoRA merged) and tokenizer are saved there
-    with `save_pretrained`, plus `sft_history.json`. `evaluate(student)` runs every `eval_every` steps and
-    at the end (main process only); `on_log(entry)` receives every history entry. `stop_after` ends the
+    with `save_pretrained`, plus `sft_history.json`. `evaluate(student)` runs every `cfg.eval_every` steps
+    and at the end (main process only); `on_log(entry)` receives every history entry. `stop_after` ends the
     run after that many steps (to simulate an interruption); the model is then neither merged nor saved.
     Under `accelerate launch`/`torchrun` every process calls this with the same arguments.
     """
     if not examples:
         raise ValueError("no training examples")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     accelerator = _make_accelerator(cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.lora is not None:
-        objective.student = attach_lora(objective.student, cfg.lora)
+    if lora is not None:
+        objective.student = attach_lora(objective.student, lora)
     optimizer = _make_optimizer(objective, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    scheduler = lr_scheduler(
         optimizer,
-        lambda s: lr_multiplier(
-            s,
-            warmup_steps=cfg.warmup_steps,
-            total_steps=cfg.steps,
-            schedule=cfg.schedule,
-            min_lr_ratio=cfg.min_lr_ratio,
-        ),
+        total_steps=steps,
+        warmup_steps=min(cfg.warmup_steps, steps - 1),
+        schedule=cfg.schedule,
+        min_lr_ratio=cfg.min_lr_ratio,
     )
     model, optimizer = accelerator.prepare(objective, optimizer)
     plain: Objective = accelerator.unwrap_model(model)
     params = [p for p in plain.parameters() if p.requires_grad]
+    log_every = cfg.log_every or max(1, steps // 20)
 
     start, history = 0, []
     running: dict[str, Any] = {"terms": {}, "tokens": 0}  # sums since the last log entry (all processes)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None and (found := load_latest_checkpoint(ckpt_dir)) is not None:
-        start, state = found
+    resumed = restore_training_state(
+        ckpt_dir, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world
+    )
+    if resumed is not None:
+        start, state = resumed
         _load_trainable_state(plain, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng_states = state["torch_rng"]
-        # one RNG state per process; a resume with another process count reuses the main one (dropout differs)
-        torch.set_rng_state(rng_states[rank] if len(rng_states) == world else rng_states[0])
-        if torch.cuda.is_available() and state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         history, running = state["history"], state["running"]
 
     window = cfg.micro_batch_size * cfg.grad_accum * world
     done = start
     model.train()
-    for step in range(start, cfg.steps):
+    for step in range(start, steps):
         # lr: the scheduler has already set this step's lr on the optimizer.
-        rows = batch_indices(step, len(examples), window, cfg.seed).tolist()
+        rows = batch_indices(step, len(examples), window, seed).tolist()
         mine = [rows[k : k + cfg.micro_batch_size] for k in range(0, len(rows), cfg.micro_batch_size)]
         micro_batches = [_collate_rows(examples, r, pad_token_id) for r in mine[rank::world]]
         micro_batches = plain.prepare_window(micro_batches, step)
@@ -396,36 +335,8 @@ def train_objective(
             accelerator, sum(count_response_tokens(b["labels"]) for b in micro_batches)
         )
 
-        # step + accumulate: each micro-batch adds its loss sums / the window's token count (x processes,
-        # which DDP's gradient average divides out again).
-        window_terms: dict[str, float] = {}
-        for k, batch in enumerate(micro_batches):
-            batch = {
-                key: v.to(accelerator.device) if isinstance(v, Tensor) else v for key, v in batch.items()
-            }
-            # gradients are all-reduced once per window, after its last micro-batch
-            sync = accelerator.no_sync(model) if k < len(micro_batches) - 1 else contextlib.nullcontext()
-            with sync:
-                terms = model(batch)
-                total = sum(terms.values())
-                if not torch.isfinite(total):
-                    values = {name: float(v.detach()) for name, v in terms.items()}
-                    raise TrainingDiverged(
-                        f"loss is not finite at step {step + 1} (sums {values}); lower the lr "
-                        f"(lr={cfg.lr}) or check the model's dtype (fp16 overflows more easily than bf16)"
-                    )
-                accelerator.backward(total * world / max(window_tokens, 1))
-            for name, value in terms.items():
-                window_terms[name] = window_terms.get(name, 0.0) + value.item()
-        if world > 1:
-            names = sorted(window_terms)
-            sums = accelerator.reduce(
-                torch.tensor(
-                    [window_terms[n] for n in names], dtype=torch.float64, device=accelerator.device
-                ),
-                "sum",
-            )
-            window_terms = dict(zip(names, sums.tolist(), strict=True))
+        # step + accumulate
+        window_terms = _accumulate(accelerator, model, micro_batches, window_tokens, step=step, lr=cfg.lr)
 
         # clip
         grad_norm = None
@@ -447,7 +358,7 @@ def train_objective(
             running["terms"][name] = running["terms"].get(name, 0.0) + value
         running["tokens"] += window_tokens
         entry: dict[str, Any] = {"step": done}
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % log_every == 0 or done == steps:
             per_token = {name: v / max(running["tokens"], 1) for name, v in running["terms"].items()}
             entry |= {
                 "loss": sum(per_token.values()),  # the objective per loss token (SFT: mean response nll)
@@ -459,7 +370,7 @@ def train_objective(
             running = {"terms": {}, "tokens": 0}
 
         # eval / checkpoint
-        if evaluate is not None and (done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+        if evaluate is not None and (done == steps or (cfg.eval_every and done % cfg.eval_every == 0)):
             if accelerator.is_main_process:
                 model.eval()
                 entry["eval"] = dict(evaluate(plain.student))
@@ -469,37 +380,17 @@ def train_objective(
             history.append(entry)
             if on_log is not None and accelerator.is_main_process:
                 on_log(entry)
-        if (
-            ckpt_dir is not None
-            and cfg.checkpoint_every
-            and done % cfg.checkpoint_every == 0
-            and done < cfg.steps
-        ):
-            rng_states = [torch.get_rng_state()]
-            if world > 1:
-                rng_states = [t for per_rank in gather_object([rng_states]) for t in per_rank]
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    ckpt_dir,
-                    done,
-                    {
-                        "model": _trainable_state(plain),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "torch_rng": rng_states,
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "history": history,
-                        "running": running,
-                    },
-                )
-            accelerator.wait_for_everyone()
-        if stop_after is not None and done >= stop_after and done < cfg.steps:
+        if ckpt_dir is not None and done % cfg.checkpoint_every == 0 and done < steps:
+            _save_resume_point(
+                accelerator, ckpt_dir, done, plain, optimizer, scheduler, history=history, running=running
+            )
+        if stop_after is not None and done >= stop_after and done < steps:
             break
 
     model.eval()
     # the caller gets its student back without accelerate's autocast wrapper around forward
     final: nn.Module = accelerator.unwrap_model(model, keep_fp32_wrapper=False).student
-    if done < cfg.steps:
+    if done < steps:
         return SFTResult(model=final, history=history, steps_done=done, finished=False)
     saved = None
     if output_dir is not None:
@@ -510,6 +401,74 @@ def train_objective(
         accelerator.wait_for_everyone()
         saved = Path(output_dir)
     return SFTResult(model=final, history=history, steps_done=done, finished=True, output_dir=saved)
+
+
+def _accumulate(
+    accelerator: Accelerator,
+    model: nn.Module,
+    micro_batches: list[dict[str, Any]],
+    window_tokens: int,
+    *,
+    step: int,
+    lr: float,
+) -> dict[str, float]:
+    """Backpropagate one optimizer step's micro-batches; the window's loss sums per term, all processes.
+
+    Each micro-batch adds its loss sums / the window's token count (x processes, which DDP's gradient
+    average divides out again), so the gradient does not depend on how the window is split.
+    """
+    world = accelerator.num_processes
+    window_terms: dict[str, float] = {}
+    for k, batch in enumerate(micro_batches):
+        batch = {key: v.to(accelerator.device) if isinstance(v, Tensor) else v for key, v in batch.items()}
+        # gradients are all-reduced once per window, after its last micro-batch
+        sync = accelerator.no_sync(model) if k < len(micro_batches) - 1 else contextlib.nullcontext()
+        with sync:
+            terms = model(batch)
+            total = sum(terms.values())
+            if not torch.isfinite(total):
+                values = {name: float(v.detach()) for name, v in terms.items()}
+                raise TrainingDiverged(
+                    f"loss is not finite at step {step + 1} (sums {values}); lower the lr "
+                    f"(lr={lr}) or check the model's dtype (fp16 overflows more easily than bf16)"
+                )
+            accelerator.backward(total * world / max(window_tokens, 1))
+        for name, value in terms.items():
+            window_terms[name] = window_terms.get(name, 0.0) + value.item()
+    if world > 1:
+        names = sorted(window_terms)
+        sums = accelerator.reduce(
+            torch.tensor([window_terms[n] for n in names], dtype=torch.float64, device=accelerator.device),
+            "sum",
+        )
+        window_terms = dict(zip(names, sums.tolist(), strict=True))
+    return window_terms
+
+
+def _save_resume_point(
+    accelerator: Accelerator,
+    ckpt_dir: Path,
+    done: int,
+    plain: Objective,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    **progress: Any,
+) -> None:
+    """The main process writes the checkpoint, with every process's RNG state (dropout differs per rank)."""
+    rng_states = [torch.get_rng_state()]
+    if accelerator.num_processes > 1:
+        rng_states = [t for per_rank in gather_object([rng_states]) for t in per_rank]
+    if accelerator.is_main_process:
+        save_training_state(
+            ckpt_dir,
+            done,
+            model=_trainable_state(plain),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            rng=rng_states,
+            **progress,
+        )
+    accelerator.wait_for_everyone()
 
 
 def _collate_rows(examples: Sequence[Mapping[str, Any]], rows: Sequence[int], pad_token_id: int) -> dict:

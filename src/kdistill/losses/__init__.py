@@ -1,6 +1,8 @@
 """Loss functions as pure functions of tensors, one family per module; importing this registers them all."""
 
 from kdistill.losses.chunked import ChunkedLoss, chunked_cross_entropy, chunked_distill_loss
+from kdistill.losses.crd import CRDLoss
+from kdistill.losses.divergence import DIVERGENCES, Divergence, register
 from kdistill.losses.embedding import (
     EMBEDDING_LOSSES,
     embedding_cosine,
@@ -14,6 +16,7 @@ from kdistill.losses.response import cross_entropy, dkd, hinton_kd
 from kdistill.losses.spec import LOSSES, LossSpec
 from kdistill.losses.token import (
     TOKEN_DIVERGENCES,
+    alpha_beta,
     forward_kl,
     generalized_jsd,
     reverse_kl,
@@ -30,12 +33,16 @@ from kdistill.losses.token_sparse import (
 )
 
 __all__ = [
+    "CRDLoss",
     "ChunkedLoss",
+    "DIVERGENCES",
+    "Divergence",
     "EMBEDDING_LOSSES",
     "LOSSES",
     "LossSpec",
     "SPARSE_TOKEN_DIVERGENCES",
     "TOKEN_DIVERGENCES",
+    "alpha_beta",
     "attention_transfer",
     "chunked_cross_entropy",
     "chunked_distill_loss",
@@ -49,6 +56,7 @@ __all__ = [
     "hidden_cosine",
     "hidden_mse",
     "hinton_kd",
+    "register",
     "reverse_kl",
     "rkd_angle",
     "rkd_distance",

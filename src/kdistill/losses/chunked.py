@@ -8,9 +8,9 @@ alive. `chunked_distill_loss` takes the hidden states and the head weights inste
     nll_sum    = sum_{t : labels_t != -100} -log softmax(z_s,t)[labels_t]          (T = 1, only with labels)
     z_s,t = h_s,t @ W_s^T + b_s,   z_t,t = h_t,t @ W_t^T + b_t   (or a sparse top-k teacher)
 
-chunk_size tokens at a time, where div is any divergence of `kdistill.losses.token` (dense teacher) or
-`kdistill.losses.token_sparse` (top-k teacher), applied with reduction="sum" to each chunk, and D is the
-number of unmasked tokens (or `num_tokens`), clamped at >= 1. The value and the gradients with respect to
+chunk_size tokens at a time, where div is any registered divergence (`kdistill.losses.divergence`): its
+dense form (dense teacher) or its sparse form (top-k teacher), applied with reduction="sum" to each chunk,
+and D is the number of unmasked tokens (or `num_tokens`), clamped at >= 1. The value and the gradients with respect to
 the student's hidden states, head weight and bias equal those of the plain computation (full logits ->
 the same divergence function with reduction="mean") up to float rounding.
 
@@ -28,17 +28,18 @@ benchmarks/README.md): at 4096 tokens the checkpointed loss peaked 90-130 MiB hi
 of 4 settings (about 3x at vocabulary 152k on CPU).
 
 How g is formed. The elementwise passes over the (c, V) logits cost as much as the head matmuls on CPU,
-so the common cases avoid autograd through the vocabulary and work in place on the chunk's own buffer:
-  * sparse teacher (every divergence of `token_sparse`): the divergence depends on the logits only through
-    the student's k + 1 bucket log-probabilities, so autograd runs on those (c, k + 1) tensors and the
-    softmax's chain rule is applied by hand: one exp, one sum and one row scaling over the buffer, the
-    top-k entries by (c, k) scatters (`_sparse_chunk`);
-  * dense teacher with forward_kl (the default): the closed form (p_s - p_t) / T, in place
-    (`_dense_forward_kl_chunk`);
-  * dense teacher, any other divergence: its closed-form w = dDiv/dlog p_s (`token.DENSE_CLOSED_FORMS`,
-    derivations there) and the softmax chain rule dz = (w - p_s sum w) / T (`_dense_closed_form_chunk`);
+so the common cases avoid autograd through the vocabulary and work in place on the chunk's own buffer. The
+path is chosen from the divergence's record (`Divergence`):
+  * sparse teacher (every divergence): the divergence depends on the logits only through the student's
+    k + 1 bucket log-probabilities, so autograd runs on the record's per-token function of those (c, k + 1)
+    tensors and the softmax's chain rule is applied by hand: one exp, one sum and one row scaling over the
+    buffer, the top-k entries by (c, k) scatters (`_sparse_chunk`);
+  * dense teacher, `in_place_forward_kl` (forward_kl, the default): the closed form (p_s - p_t) / T, in
+    place (`_dense_forward_kl_chunk`);
+  * dense teacher, a record with a `closed_form`: its w = dDiv/dlog p_s (derivations in `losses/token.py`)
+    and the softmax chain rule dz = (w - p_s sum w) / T (`_dense_closed_form_chunk`);
   * CE: softmax - onehot, sharing the divergence's softmax at T = 1;
-  * a divergence without a closed form: the token function and `torch.autograd.grad` on the chunk's logits.
+  * a record without a closed form: its dense form and `torch.autograd.grad` on the chunk's logits.
 About 1-3 (c, V) float32 buffers are alive at a time for forward KL and sparse teachers, a few more for the
 other dense closed forms (the autograd path: about 7, as the plain full-logits path), so chunk_size 1024 of
 4096 tokens measured 13% of the plain peak for forward KL, 512 measured 8%.
@@ -78,22 +79,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.divergence import DIVERGENCES, ClosedForm, Divergence, PerToken, check_temperature
+from kdistill.losses.masking import check_reduction
 from kdistill.losses.numerics import compute_dtype
-from kdistill.losses.token import (
-    DENSE_CLOSED_FORMS,
-    TOKEN_DIVERGENCES,
-    ClosedForm,
-    _check_options,
-    forward_kl,
-)
-from kdistill.losses.token_sparse import (
-    SPARSE_PER_TOKEN,
-    SPARSE_TOKEN_DIVERGENCES,
-    PerToken,
-    _present,
-    _scatter_ids,
-    _teacher_bucket_log_probs,
-)
+from kdistill.losses.topk import present_entries, scatter_ids, teacher_bucket_log_probs
 
 IGNORE_INDEX = -100  # label that marks a token without a CE term
 _RESERVED = ("mask", "temperature", "scale_by_t2", "reduction", "num_tokens")
@@ -138,7 +127,7 @@ class _Weights:
 class _ChunkTerms:
     """The loss terms of one chunk of student logits. Tensors are flat over tokens, (N, ...), and detached."""
 
-    divergence: Callable[..., Tensor]
+    divergence: Callable[..., Tensor]  # the record's dense or sparse form (autograd path and values)
     kwargs: Mapping[str, Any]
     per_token: PerToken | None  # sparse fast path: the divergence per token over the k + 1 buckets
     dense_forward_kl: bool  # dense fast path: forward KL in closed form, in place
@@ -249,9 +238,9 @@ def _sparse_chunk(
     vocab, k = z.shape[1], teacher_ids.shape[1]
     zero = torch.zeros((), dtype=dtype, device=z.device)
     neg_inf = torch.full((), -math.inf, dtype=dtype, device=z.device)
-    present = _present(teacher_ids, mask)  # (c, k)
-    ids, any_present = _scatter_ids(teacher_ids, present)  # (c, k), (c, 1)
-    log_p_t = _teacher_bucket_log_probs(teacher_logprobs, present, vocab, T, dtype)  # (c, k + 1)
+    present = present_entries(teacher_ids, mask)  # (c, k)
+    ids, any_present = scatter_ids(teacher_ids, present)  # (c, k), (c, 1)
+    log_p_t = teacher_bucket_log_probs(teacher_logprobs, present, vocab, T, dtype)  # (c, k + 1)
     z_top = z.gather(1, ids)  # (c, k)
     labelled = lab_ids = e1 = None
     if labels is not None:
@@ -450,7 +439,7 @@ def _dense_closed_form_chunk(
     weights: _Weights | None,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Any dense divergence (and the CE) of one chunk with its gradient from the closed form of
-    `kdistill.losses.token.DENSE_CLOSED_FORMS`: w = dDiv/dlog p_s, then dDiv/dz = (w - p_s sum_v w_v) / T.
+    its record's `closed_form`: w = dDiv/dlog p_s, then dDiv/dz = (w - p_s sum_v w_v) / T.
 
     The log-softmaxes overwrite the chunk's own logits buffers; with w (or log M) and at most two more
     temporaries, about five (c, V) buffers at a time, no autograd graph. Masked rows' teacher logits are
@@ -747,7 +736,7 @@ def chunked_distill_loss(
     teacher_head_bias: Tensor | None = None,
     teacher_ids: Tensor | None = None,
     teacher_logprobs: Tensor | None = None,
-    divergence: str = "forward_kl",
+    divergence: str | Divergence = "forward_kl",
     divergence_kwargs: Mapping[str, Any] | None = None,
     labels: Tensor | None = None,
     mask: Tensor | None = None,
@@ -766,9 +755,10 @@ def chunked_distill_loss(
     with student_logits = student_hidden @ student_head^T (+ bias), never formed for more than `chunk_size`
     tokens at once; see the module docstring for shapes, dtypes and the memory design.
 
-    divergence: a name of TOKEN_DIVERGENCES (dense teacher: teacher_hidden + teacher_head, teacher logits
-    formed per chunk the same way) or SPARSE_TOKEN_DIVERGENCES (top-k teacher: teacher_ids +
-    teacher_logprobs); divergence_kwargs: its own parameters (e.g. {"beta": 0.5}).
+    divergence: a name of DIVERGENCES, or a `Divergence` record itself; with a dense teacher (teacher_hidden
+    + teacher_head, teacher logits formed per chunk the same way) its dense form is computed, with a top-k
+    teacher (teacher_ids + teacher_logprobs) its sparse form; divergence_kwargs: its own parameters (e.g.
+    {"beta": 0.5}).
     temperature, scale_by_t2: as in the token functions (the CE term always uses T = 1).
     Reduction units: the divergence per token is summed over the vocabulary (or the k + 1 buckets), summed
     over unmasked tokens and divided by D = num_tokens if given, else the number of unmasked tokens, clamped
@@ -779,7 +769,8 @@ def chunked_distill_loss(
     nll_sum per chunk instead of one per term (half the head matmuls); the returned terms are the same, but
     backward must then be of that weighted sum (times any factor). Without labels they change nothing.
     """
-    _check_options(temperature, "mean", num_tokens)
+    check_temperature(temperature)
+    check_reduction("mean", num_tokens)
     _check_inputs(
         student_hidden,
         student_head,
@@ -794,8 +785,7 @@ def chunked_distill_loss(
         chunk_size,
     )
     dense = teacher_hidden is not None
-    registry = TOKEN_DIVERGENCES if dense else SPARSE_TOKEN_DIVERGENCES
-    fn = registry.get(divergence)
+    record = divergence if isinstance(divergence, Divergence) else DIVERGENCES.get(divergence)
     kwargs = dict(divergence_kwargs or {})
     clash = sorted(set(kwargs) & set(_RESERVED))
     if clash:
@@ -827,15 +817,13 @@ def chunked_distill_loss(
         t_hidden = t_head = t_bias = None
         t_ids = teacher_ids.reshape(-1, teacher_ids.shape[-1])  # (N, k)
         t_logprobs = teacher_logprobs.detach().reshape(-1, teacher_logprobs.shape[-1])  # (N, k)
-    per_token = None
-    if not dense and fn in SPARSE_PER_TOKEN:
-        per_token = SPARSE_PER_TOKEN[fn](**kwargs)  # checks the divergence's own parameters
+    per_token = record.bind(**kwargs)  # checks the divergence's own parameters, even if every token is masked
     terms = _ChunkTerms(
-        divergence=fn,
+        divergence=record.dense if dense else record.sparse,
         kwargs=kwargs,
-        per_token=per_token,
-        dense_forward_kl=dense and fn is forward_kl and not kwargs,
-        dense_form=DENSE_CLOSED_FORMS[fn](**kwargs) if dense and fn in DENSE_CLOSED_FORMS else None,
+        per_token=None if dense else per_token,
+        dense_forward_kl=dense and record.in_place_forward_kl,
+        dense_form=record.closed_form(**kwargs) if dense and record.closed_form is not None else None,
         temperature=temperature,
         scale_by_t2=scale_by_t2,
         mask=None if flat_labels is None else flat_mask,

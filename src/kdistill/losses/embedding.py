@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdistill.losses.hidden import hidden_cosine, hidden_mse
-from kdistill.losses.relation import _flat_pair, rkd_angle, rkd_distance
+from kdistill.losses.numerics import flat_pair
+from kdistill.losses.relation import rkd_angle, rkd_distance
 from kdistill.losses.spec import LOSSES, LossSpec
 
 __all__ = [
@@ -81,7 +82,7 @@ def similarity_matrix_loss(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     carries no signal); a batch of one gives 0. Invariant to per-text scales of either embedding.
     Returns a 0-dim tensor.
     """
-    s, t = _flat_pair(student_emb, teacher_emb)
+    s, t = flat_pair(student_emb, teacher_emb)
     diff = _cosine_matrix(s) - _cosine_matrix(t)  # (B, B)
     b = diff.shape[0]
     off_diagonal = ~torch.eye(b, dtype=torch.bool, device=diff.device)

@@ -5,7 +5,7 @@
 
 Shapes: student_hidden and teacher_hidden (B, S, D) or (N, D), the same D (project the student first when
 the widths differ); mask bool with the leading shape, True = the token counts. Reduction as the token
-divergences (`kdistill.losses.token`): "mean" = sum over unmasked tokens / their count (or / num_tokens),
+divergences (`kdistill.losses.masking`): "mean" = sum over unmasked tokens / their count (or / num_tokens),
 "sum", "none". Computed in float32 (float64 stays float64). The teacher side is not detached here.
 """
 
@@ -14,20 +14,20 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdistill.losses.masking import check_mask, check_reduction, reduce_tokens
 from kdistill.losses.numerics import compute_dtype
-from kdistill.losses.token import _check_mask, _check_options, _reduce_tokens
 
 
 def _check(
     student_hidden: Tensor, teacher_hidden: Tensor, mask: Tensor | None, reduction: str, num_tokens
 ) -> None:
-    _check_options(1.0, reduction, num_tokens)
+    check_reduction(reduction, num_tokens)
     if student_hidden.shape != teacher_hidden.shape:
         raise ValueError(
             f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden {tuple(teacher_hidden.shape)} "
             "differ: project the student to the teacher's width first"
         )
-    _check_mask(mask, student_hidden.shape[:-1], "student_hidden", student_hidden.shape)
+    check_mask(mask, student_hidden.shape[:-1], "student_hidden", student_hidden.shape)
 
 
 def hidden_mse(
@@ -42,7 +42,7 @@ def hidden_mse(
     _check(student_hidden, teacher_hidden, mask, reduction, num_tokens)
     dtype = compute_dtype(student_hidden)
     per_token = (student_hidden.to(dtype) - teacher_hidden.to(dtype)).pow(2).mean(dim=-1)
-    return _reduce_tokens(per_token, mask, reduction, num_tokens)
+    return reduce_tokens(per_token, mask, reduction, num_tokens)
 
 
 def hidden_cosine(
@@ -59,7 +59,7 @@ def hidden_cosine(
     per_token = 1.0 - F.cosine_similarity(
         student_hidden.to(dtype), teacher_hidden.to(dtype), dim=-1, eps=1e-8
     )
-    return _reduce_tokens(per_token, mask, reduction, num_tokens)
+    return reduce_tokens(per_token, mask, reduction, num_tokens)
 
 
 HIDDEN_LOSSES = {"mse": hidden_mse, "cosine": hidden_cosine}

@@ -10,20 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdistill.losses.numerics import compute_dtype
+from kdistill.losses.numerics import flat_pair
 from kdistill.losses.spec import LOSSES, LossSpec
 
 _EPS = 1e-12  # floor of a squared distance before sqrt (as in the official RKD code) and of a mean distance
-
-
-def _flat_pair(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-    # (B, ...) -> (B, D), in the compute dtype
-    if student.ndim == 0 or teacher.ndim == 0 or student.shape[0] != teacher.shape[0]:
-        raise ValueError(
-            f"batch sizes differ: student {tuple(student.shape)}, teacher {tuple(teacher.shape)}"
-        )
-    dtype = compute_dtype(student, teacher)
-    return student.to(dtype).flatten(1), teacher.to(dtype).flatten(1)
 
 
 def _pairwise_distances(e: Tensor) -> Tensor:
@@ -57,7 +47,7 @@ def rkd_distance(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     Stopping the teacher's gradient is the caller's business. Invariant to a global scale of either
     embedding. A batch of one gives 0. Returns a 0-dim tensor.
     """
-    s, t = _flat_pair(student_emb, teacher_emb)
+    s, t = flat_pair(student_emb, teacher_emb)
     return F.smooth_l1_loss(_normalised_distances(s), _normalised_distances(t), beta=1.0)
 
 
@@ -82,7 +72,7 @@ def rkd_angle(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     official code. Memory is O(B^2 D). Invariant to scaling and translating either embedding.
     Returns a 0-dim tensor.
     """
-    s, t = _flat_pair(student_emb, teacher_emb)
+    s, t = flat_pair(student_emb, teacher_emb)
     return F.smooth_l1_loss(_triplet_cosines(s), _triplet_cosines(t), beta=1.0)
 
 
@@ -102,7 +92,7 @@ def similarity_preserving(student_feature: Tensor, teacher_feature: Tensor) -> T
     global positive (indeed any non-zero) scale of either feature, not to per-sample scales.
     Returns a 0-dim tensor.
     """
-    s, t = _flat_pair(student_feature, teacher_feature)
+    s, t = flat_pair(student_feature, teacher_feature)
     return (_row_normalised_gram(s) - _row_normalised_gram(t)).pow(2).sum() / s.shape[0] ** 2
 
 

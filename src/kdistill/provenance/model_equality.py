@@ -171,7 +171,7 @@ def read_generation_samples(
     out_dir: str | Path, tokenizer: Any, *, length: int | None = None
 ) -> tuple[list[list[int]], list[str]]:
     """The completions of a generation output directory as token ids (first `length`), with prompt keys."""
-    from kdistill.data.generation_store import load_generations_table
+    from kdistill.generate.store import load_generations_table
 
     table = load_generations_table(out_dir)
     completions = table.column("completion").to_pylist()

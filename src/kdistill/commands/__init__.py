@@ -1,1 +1,0 @@
-"""CLI commands that live in their own module (registered on the typer app in `kdistill.cli`)."""

