@@ -86,8 +86,8 @@ def random_examples(n: int, seq: int, vocab: int, seed: int) -> list[dict[str, A
 
 def plain_topk_objective(student: nn.Module, signal: Any) -> nn.Module:
     """The kd arm's loss on the full logits: forward -> (B, T, V) -> sparse_forward_kl summed over tokens."""
+    from kdistill.lm.objectives import Objective
     from kdistill.lm.sft_data import IGNORE_INDEX
-    from kdistill.lm.train import Objective
     from kdistill.losses.token_sparse import sparse_forward_kl
 
     class PlainTopK(Objective):
@@ -115,8 +115,7 @@ def plain_topk_objective(student: nn.Module, signal: Any) -> nn.Module:
 
 def make_objective(arm: str, student: nn.Module, signal: Any) -> nn.Module:
     from kdistill.lm.config import LMDistillConfig
-    from kdistill.lm.distill import CachedTeacher, TokenDistillObjective
-    from kdistill.lm.train import SFTObjective
+    from kdistill.lm.objectives import CachedTeacher, SFTObjective, TokenDistillObjective
 
     if arm == "sft":
         return SFTObjective(student)

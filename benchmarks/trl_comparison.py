@@ -121,7 +121,7 @@ def loss_check(student: Any, teacher: Any, batch: dict[str, Any]) -> dict[str, f
     from trl.experimental.gkd import GKDTrainer
 
     from kdistill.lm.config import LMDistillConfig
-    from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
+    from kdistill.lm.objectives import OnlineTeacher, TokenDistillObjective
     from kdistill.lm.sft_data import count_response_tokens
 
     n = count_response_tokens(batch["labels"])
@@ -150,7 +150,7 @@ def loss_check(student: Any, teacher: Any, batch: dict[str, Any]) -> dict[str, f
 
 def run_kdistill(student: Any, teacher: Any, examples: list[dict], args: argparse.Namespace) -> dict:
     from kdistill.lm.config import LMDistillConfig, LMTrainConfig
-    from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
+    from kdistill.lm.objectives import OnlineTeacher, TokenDistillObjective
     from kdistill.lm.train import train_objective
 
     ends: list[float] = []

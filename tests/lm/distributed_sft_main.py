@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from kdistill.lm.config import LMDistillConfig, LMTrainConfig
-from kdistill.lm.distill import OnlineTeacher, TokenDistillObjective
 from kdistill.lm.models import load_causal_lm, model_from_config
-from kdistill.lm.train import SFTObjective, close_process_group, train_objective
+from kdistill.lm.objectives import OnlineTeacher, SFTObjective, TokenDistillObjective
+from kdistill.lm.train import close_process_group, train_objective
 
 KD = LMDistillConfig(signal="online", divergence="forward_kl", temperature=2.0, ce_weight=0.5, chunk_size=16)
 

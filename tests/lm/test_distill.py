@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from kdistill.lm.capture import capture_topk
 from kdistill.lm.config import LMDistillConfig
-from kdistill.lm.distill import CachedTeacher, OnlineTeacher, TokenDistillObjective
 from kdistill.lm.models import load_causal_lm, model_from_config
+from kdistill.lm.objectives import CachedTeacher, OnlineTeacher, TokenDistillObjective
 from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
 from kdistill.lm.signal_store import TeacherSignal
 from kdistill.lm.train import train_objective

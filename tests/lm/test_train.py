@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM
 from kdistill.lm.config import LMTrainConfig, LoraConfig
 from kdistill.lm.evaluate import evaluate_student, response_perplexity
 from kdistill.lm.models import load_causal_lm, model_from_config
+from kdistill.lm.objectives import response_nll_sum
 from kdistill.lm.sft_data import collate, count_response_tokens, tokenize_rows
-from kdistill.lm.train import TrainingDiverged, response_nll_sum, train_sft
+from kdistill.lm.train import TrainingDiverged, train_sft
 from kdistill.runs.schedule import lr_multiplier
 from kdistill.runs.steps import batch_indices
 
@@ -48,7 +49,7 @@ def test_response_nll_sum_is_the_masked_token_nll(tiny_model, examples):
 def test_sft_objective_from_hidden_states_equals_the_full_logits_loss(model_dir, examples):
     """The chunked SFT loss (never forms the logits) has the full-logits loss's value and gradients, for
     every parameter (tied head included), at a chunk size that splits the batch."""
-    from kdistill.lm.train import SFTObjective
+    from kdistill.lm.objectives import SFTObjective
 
     batch = collate(examples[:4], pad_token_id=0)
     results = []
@@ -71,7 +72,7 @@ def test_sft_objective_takes_the_full_logits_of_a_model_that_soft_caps_them():
     the model's own logits, and its loss is the model's."""
     from transformers import Gemma2Config
 
-    from kdistill.lm.train import SFTObjective
+    from kdistill.lm.objectives import SFTObjective
 
     shapes = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
     shapes |= {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8}

@@ -456,9 +456,8 @@ def make_objective(
     kind: str, cfg: LMRunConfig, student: nn.Module, teacher: Teacher, signal_dir: Path | None
 ) -> nn.Module:
     """The training objective of one arm: SFT on the answers, or the white-box terms of `distill`."""
-    from kdistill.lm.distill import CachedTeacher, OnlineTeacher, TokenDistillObjective
+    from kdistill.lm.objectives import CachedTeacher, OnlineTeacher, SFTObjective, TokenDistillObjective
     from kdistill.lm.signal_store import TeacherSignal
-    from kdistill.lm.train import SFTObjective
 
     if kind == "none":
         return SFTObjective(student)

@@ -1,8 +1,9 @@
 """Training a causal LM student: lr -> step -> accumulate -> clip -> log -> eval/checkpoint.
 
 `train_objective` is the loop; what it minimises is an `Objective` (an nn.Module owning the student and any
-extra trainable parts) that returns named loss sums per micro-batch. `SFTObjective` (via `train_sft`) is
-supervised fine-tuning on teacher answers; `kdistill.lm.distill` adds the white-box terms.
+extra trainable parts) that returns named loss sums per micro-batch. `kdistill.lm.objectives` holds them:
+`SFTObjective` (via `train_sft`) is supervised fine-tuning on teacher answers, `TokenDistillObjective` adds
+the white-box terms.
 
 For SFT the loss is the negative log-likelihood of the response tokens (labels != -100), summed over every token
 of the optimizer step's accumulation window and divided by the number of such tokens in that window. Each
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, gather_object
@@ -49,22 +49,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
 from kdistill.lm.config import LMTrainConfig, LoraConfig
-from kdistill.lm.models import backbone_and_head
-from kdistill.lm.sft_data import IGNORE_INDEX, collate, count_response_tokens
-from kdistill.losses.chunked import chunked_cross_entropy
-from kdistill.losses.numerics import compute_dtype
+from kdistill.lm.objectives import Objective, SFTObjective
+from kdistill.lm.sft_data import collate, count_response_tokens
 from kdistill.runs.checkpoint import restore_training_state, save_training_state
 from kdistill.runs.schedule import lr_scheduler
 from kdistill.runs.steps import TrainingDiverged, batch_indices
 
 __all__ = [
-    "Objective",
-    "SFTObjective",
     "SFTResult",
     "TrainingDiverged",
     "attach_lora",
     "merge_lora",
-    "response_nll_sum",
     "save_model",
     "train_objective",
     "train_sft",
@@ -78,19 +73,6 @@ class SFTResult:
     steps_done: int = 0
     finished: bool = False  # False when `stop_after` ended the run early
     output_dir: Path | None = None  # where the model was saved, if it was
-
-
-def response_nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
-    """Sum over response tokens of -log p(token | prefix), a scalar in float32 (or wider).
-
-    logits (B, T, V) and labels (B, T), -100 where there is no loss; position t predicts token t + 1.
-    All-masked gives 0.
-    """
-    shifted_logits = logits[:, :-1].flatten(0, 1)  # (B, T, V) -> (B*(T-1), V)
-    shifted_labels = labels[:, 1:].flatten().to(logits.device)  # (B*(T-1),)
-    return F.cross_entropy(
-        shifted_logits.to(compute_dtype(logits)), shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-    )
 
 
 def attach_lora(model: PreTrainedModel, lora: LoraConfig) -> nn.Module:
@@ -193,59 +175,6 @@ def _load_trainable_state(model: nn.Module, state: Mapping[str, Tensor]) -> None
             f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}"
         )
     model.load_state_dict(dict(state), strict=False)
-
-
-class Objective(nn.Module):
-    """What `train_objective` trains: owns the student (and any extra trainable parts) and scores a batch.
-
-    forward(batch) returns named loss *sums* over the batch's tokens, already weighted; the loop adds
-    them, divides by the window's loss-token count and backpropagates. Everything trainable must be a
-    submodule so that DDP, the optimizer and the checkpoints see it; a teacher must not be one.
-    `prepare_window` may replace a step's micro-batches before they are scored (on-policy sampling).
-    """
-
-    student: nn.Module
-
-    def prepare_window(self, micro_batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
-        return micro_batches
-
-
-class SFTObjective(Objective):
-    """Negative log-likelihood of the response tokens: learn the teacher's answers as text.
-
-    For a transformers causal LM the loss is computed from the last hidden states and the head weights
-    `chunk_size` tokens at a time (`chunked_cross_entropy`): the (batch, seq, vocab) logits and their
-    gradient are never formed, which at a 150k vocabulary is most of a small model's training memory.
-    Models whose logits are not plain hidden @ head (soft-capped, scaled: see `backbone_and_head`), other
-    modules, or chunk_size=None take the full logits.
-    """
-
-    def __init__(self, student: nn.Module, *, chunk_size: int | None = 1024) -> None:
-        super().__init__()
-        self.student = student
-        self.chunk_size = chunk_size if chunk_size is not None and _plain_head(student) else None
-
-    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        if self.chunk_size is None:
-            logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits
-            return {"nll": response_nll_sum(logits, labels)}
-        backbone, head = backbone_and_head(self.student)  # through a LoRA wrapper attached after __init__
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-        targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
-        nll = chunked_cross_entropy(
-            hidden, head.weight, head_bias=head.bias, labels=targets, chunk_size=self.chunk_size
-        )
-        return {"nll": nll}
-
-
-def _plain_head(model: nn.Module) -> bool:
-    """Whether `model`'s logits are exactly backbone hidden states @ head weights (+ bias)."""
-    try:
-        backbone_and_head(model)
-    except (ValueError, AttributeError):
-        return False
-    return True
 
 
 def train_sft(

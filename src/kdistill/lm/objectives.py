@@ -1,4 +1,7 @@
-"""White-box distillation of a causal LM: the student learns the teacher's next-token distributions.
+"""What the LM loop minimises: an `Objective` owns the student (and extra trainable parts) and scores a batch.
+
+`SFTObjective`: the negative log-likelihood of the response tokens (learn the teacher's answers as text).
+`TokenDistillObjective`: white-box distillation, the student learns the teacher's next-token distributions:
 
     loss per window = (kd_weight * sum_t div_T(student_t, teacher_t)          token divergence, chunked
                        + ce_weight * sum_t -log p_student(y_t)                 the answer as text (SFT)
@@ -30,21 +33,93 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdistill.lm.config import LMDistillConfig
 from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import IGNORE_INDEX, collate
 from kdistill.lm.signal_store import TeacherSignal
-from kdistill.losses.chunked import chunked_distill_loss
+from kdistill.losses.chunked import chunked_cross_entropy, chunked_distill_loss
 from kdistill.losses.hidden import HIDDEN_LOSSES
+from kdistill.losses.numerics import compute_dtype
 
 __all__ = [
     "CachedTeacher",
+    "Objective",
     "OnlineTeacher",
+    "SFTObjective",
     "TokenDistillObjective",
     "backbone_and_head",
+    "plain_head",
+    "response_nll_sum",
 ]
+
+
+def response_nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum over response tokens of -log p(token | prefix), a scalar in float32 (or wider).
+
+    logits (B, T, V) and labels (B, T), -100 where there is no loss; position t predicts token t + 1.
+    All-masked gives 0.
+    """
+    shifted_logits = logits[:, :-1].flatten(0, 1)  # (B, T, V) -> (B*(T-1), V)
+    shifted_labels = labels[:, 1:].flatten().to(logits.device)  # (B*(T-1),)
+    return F.cross_entropy(
+        shifted_logits.to(compute_dtype(logits)), shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+
+
+class Objective(nn.Module):
+    """What `train_objective` trains: owns the student (and any extra trainable parts) and scores a batch.
+
+    forward(batch) returns named loss *sums* over the batch's tokens, already weighted; the loop adds
+    them, divides by the window's loss-token count and backpropagates. Everything trainable must be a
+    submodule so that DDP, the optimizer and the checkpoints see it; a teacher must not be one.
+    `prepare_window` may replace a step's micro-batches before they are scored (on-policy sampling).
+    """
+
+    student: nn.Module
+
+    def prepare_window(self, micro_batches: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        return micro_batches
+
+
+class SFTObjective(Objective):
+    """Negative log-likelihood of the response tokens: learn the teacher's answers as text.
+
+    For a transformers causal LM the loss is computed from the last hidden states and the head weights
+    `chunk_size` tokens at a time (`chunked_cross_entropy`): the (batch, seq, vocab) logits and their
+    gradient are never formed, which at a 150k vocabulary is most of a small model's training memory.
+    Models whose logits are not plain hidden @ head (soft-capped, scaled: see `backbone_and_head`), other
+    modules, or chunk_size=None take the full logits.
+    """
+
+    def __init__(self, student: nn.Module, *, chunk_size: int | None = 1024) -> None:
+        super().__init__()
+        self.student = student
+        self.chunk_size = chunk_size if chunk_size is not None and plain_head(student) else None
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if self.chunk_size is None:
+            logits = self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+            return {"nll": response_nll_sum(logits, labels)}
+        backbone, head = backbone_and_head(self.student)  # through a LoRA wrapper attached after __init__
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(hidden.device)  # position t predicts token t + 1
+        nll = chunked_cross_entropy(
+            hidden, head.weight, head_bias=head.bias, labels=targets, chunk_size=self.chunk_size
+        )
+        return {"nll": nll}
+
+
+def plain_head(model: nn.Module) -> bool:
+    """Whether `model`'s logits are exactly backbone hidden states @ head weights (+ bias)."""
+    try:
+        backbone_and_head(model)
+    except (ValueError, AttributeError):
+        return False
+    return True
 
 
 class CachedTeacher:
@@ -87,7 +162,7 @@ class OnlineTeacher:
         )
 
 
-class TokenDistillObjective(nn.Module):
+class TokenDistillObjective(Objective):
     """The white-box objective for `kdistill.lm.train.train_objective`; owns the student and projections.
 
     `cfg` is the run config's `distill` section: its loss knobs (divergence, temperature, weights, chunk
