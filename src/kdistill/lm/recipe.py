@@ -224,7 +224,7 @@ def generate_teacher_answers(
     )
     out = cache_root / "generations" / key
     log = logger.job("generate", "teacher answers", total=len(prompts))
-    if (out / "complete.json").is_file():
+    if read_done(out) is not None:  # a store from before the marker had a name is re-verified, never re-asked
         log.done()
         return out / "store"
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def generate_teacher_answers(
     summary = generate(
         generation_config(cfg, subset, out / "store"), progress=lambda stats: log.log({"step": stats.done})
     )
-    atomic_write_text(out / "complete.json", json.dumps({"summary": str(summary)}))
+    mark_done(out, {"summary": str(summary)})
     return out / "store"
 
 
