@@ -31,6 +31,7 @@ from kdistill.losses.token_sparse import (
     sparse_skew_kl,
     sparse_tvd,
 )
+from kdistill.losses.uld import uld
 
 __all__ = [
     "CRDLoss",
@@ -69,4 +70,5 @@ __all__ = [
     "sparse_skew_kl",
     "sparse_tvd",
     "tvd",
+    "uld",
 ]
