@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tests.fixtures.tiny_lm import train_bpe
 
 from kdistill.lm.alignment import align_spans, byte_spans, token_byte_spans
 
@@ -49,30 +50,6 @@ def test_byte_spans_of_multibyte_characters():
     ]
 
 
-def _bpe(vocab_size, *, byte_level):
-    import pydoc_data.topics
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None if byte_level else "<unk>", byte_fallback=not byte_level))
-    if byte_level:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-        )
-    else:  # sentencepiece-like: spaces become "▁", unknown characters fall back to <0xNN> bytes
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
-        bytes_ = [f"<0x{b:02X}>" for b in range(256)]
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=["<unk>", *bytes_], show_progress=False
-        )
-    tok.train_from_iterator(list(pydoc_data.topics.topics.values()), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
-
-
 TEXTS = [
     "The for statement iterates over the items of any sequence.",
     "  leading spaces,\ttabs and\nnew lines",
@@ -83,7 +60,7 @@ TEXTS = [
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_two_real_tokenizers_align_into_ordered_chunks_covering_every_token(text):
-    student_tok, teacher_tok = _bpe(400, byte_level=False), _bpe(700, byte_level=True)
+    student_tok, teacher_tok = train_bpe(400, byte_level=False), train_bpe(700, byte_level=True)
     _, s_spans = token_byte_spans(student_tok, text)
     t_ids, t_spans = token_byte_spans(teacher_tok, text)
     assert teacher_tok.decode(t_ids) == text  # byte-level: the teacher's tokens are the text
