@@ -58,8 +58,12 @@ class ProgressSink:
         self.bars[job] = self.progress.bar(label, total)
 
     def log(self, job: str, step: int, values: Mapping[str, float], entry: Mapping[str, Any]) -> None:
+        self.move(job, step)
+
+    def move(self, job: str, step: int, total: int | None = None) -> None:
+        """Put the job's bar at `step` (and set its total, for a spinner that ends)."""
         if job in self.bars:
-            self.bars[job](step)
+            self.bars[job](step, total=total)
 
     def close(self, failed: bool = False) -> None:
         pass
@@ -79,14 +83,14 @@ class JobLog:
 
     def advance(self, step: int) -> None:
         """Move the console bar only (every step; trackers get the logged entries, not every step)."""
-        self.logger.progress_sink.log(self.job, step, {}, {"step": step})
+        self.logger.progress_sink.move(self.job, step)
 
     def done(self) -> None:
         """Show the job as complete (a finished job loaded from an earlier session, or a spinner's end)."""
-        total = self.total if self.total is not None else 1
-        self.logger.progress_sink.log(self.job, total, {}, {"step": total})
-        if self.total is None and self.job in self.logger.progress_sink.bars:
-            self.logger.progress_sink.bars[self.job](1, total=1)
+        if self.total is None:
+            self.logger.progress_sink.move(self.job, 1, total=1)
+        else:
+            self.logger.progress_sink.move(self.job, self.total)
 
 
 class RunLogger:
