@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from kdistill.lm.sft_data import IGNORE_INDEX, tokenize_row
@@ -358,6 +358,173 @@ def capture_topk(
     )
 
 
+# ---------------------------------------------------------------- the agnostic (bytes) layout
+
+
+def answer_examples(tokenizer: PreTrainedTokenizerBase, rows: Iterable[Mapping[str, Any]], *, max_length: int) -> list[dict[str, Any]]:
+    """Generation rows -> what a cross-tokenizer capture runs: the SFT example (`tokenize_row`: the prompt
+    rendered by this tokenizer's chat template, the answer after it) plus `answer_start` (the answer's
+    first input position) and `spans`, the byte spans of the answer tokens that fit (eos has no bytes and
+    is left out)."""
+    from kdistill.lm.alignment import token_byte_spans
+
+    examples = []
+    for row in rows:
+        example, _, _ = tokenize_row(tokenizer, row, max_length=max_length)
+        answer_start = sum(1 for label in example["labels"] if label == IGNORE_INDEX)
+        ids, spans = token_byte_spans(tokenizer, row["completion"])
+        kept = min(len(ids), len(example["input_ids"]) - answer_start)
+        if example["input_ids"][answer_start : answer_start + kept] != ids[:kept]:
+            raise ValueError(
+                f"row {example['record_id']!r}: the answer's tokens with offsets differ from its tokens in the "
+                "example (a tokenizer whose offsets tokenization differs from its plain one)"
+            )
+        example["answer_start"] = answer_start
+        example["spans"] = spans[:kept]
+        examples.append(example)
+    return examples
+
+
+@torch.no_grad()
+def answer_rows(
+    model: nn.Module, examples: Sequence[Mapping[str, Any]], *, k: int, pad_token_id: int = 0
+) -> list[dict[str, Tensor]]:
+    """One forward pass -> per example its "bytes"-layout rows in teacher token ids: for answer token n
+    (input position answer_start + n), the k largest log-probabilities of the row that predicts it and
+    the log-probability of the token itself."""
+    device = next(model.parameters()).device
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        input_ids[i, : len(e["input_ids"])] = torch.tensor(list(e["input_ids"]), dtype=torch.long)
+        attention_mask[i, : len(e["input_ids"])] = 1
+    logits = model(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
+    ).logits
+    if k > logits.shape[-1]:
+        raise ValueError(f"top_k={k} is larger than the teacher's vocabulary ({logits.shape[-1]})")
+    out = []
+    for i, e in enumerate(examples):
+        n = len(e["spans"])
+        first = e["answer_start"] - 1  # the row predicting answer token 0
+        if first < 0:
+            raise ValueError(f"example {e['record_id']!r}: the answer starts the input (no prompt token before it)")
+        logprobs = torch.log_softmax(logits[i, first : first + n].float(), dim=-1)  # (n, V)
+        tokens = input_ids[i, first + 1 : first + 1 + n].to(logprobs.device)
+        values, ids = logprobs.topk(k, dim=-1)
+        out.append(
+            {
+                "spans": torch.tensor(e["spans"], dtype=torch.int32).reshape(n, 2),
+                "token_ids": tokens.to("cpu", torch.int32),
+                "token_logprobs": logprobs.gather(-1, tokens[:, None])[:, 0].cpu(),
+                "topk_ids": ids.to("cpu", torch.int32),
+                "topk_logprobs": values.cpu(),
+            }
+        )
+    return out
+
+
+def capture_bytes(
+    model: nn.Module | Callable[[], nn.Module],
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[Mapping[str, Any]],
+    store_dir: str | Path | None = None,
+    *,
+    k: int = DEFAULT_K,
+    key_inputs: Mapping[str, Any],
+    max_length: int,
+    batch_size: int = 8,
+    shard_examples: int = 256,
+    info: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    cache_root: Path | None = None,
+) -> CaptureResult:
+    """Capture a local teacher's signal in the tokenizer-agnostic layout (`kdistill.lm.byte_signal`):
+    one row per teacher token of each answer, candidates named by bytes through the candidate table (the
+    teacher's vocabulary, id for id). Resumable and deterministic like `capture_topk` (same batching)."""
+    from kdistill.lm.byte_signal import CANDIDATES, CandidateTable
+    from kdistill.lm.signal_store import BYTES
+    from kdistill.lm.vocab_map import token_bytes
+
+    start = time.perf_counter()
+    examples = answer_examples(tokenizer, rows, max_length=max_length)
+    _check_examples(examples)
+    table = CandidateTable(token_bytes(tokenizer))
+    inputs = {
+        **key_inputs,
+        "format": FORMAT,
+        "layout": BYTES.name,
+        "source": "model",
+        "data": data_fingerprint(examples),
+        "k": k,
+        "candidates": table.fingerprint(),
+        "rendering": prompt_rendering(tokenizer),
+        "logprobs": "log_softmax(logits.float()) top-k, answer tokens",
+    }
+    key = signal_key(inputs)
+    store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
+    writer = TeacherSignalWriter(
+        store_dir, key=key, key_inputs=inputs, k=k, info=info, layout=BYTES, attachments={CANDIDATES: table.to_bytes()}
+    )
+    writer.open()
+    try:
+        ids = [str(e["record_id"]) for e in examples]
+        already = sum(i in writer.done_ids for i in ids)
+        done = already
+        if progress is not None:
+            progress(done, len(examples))
+        loaded: nn.Module | None = None
+        teacher_s, computed_tokens = 0.0, 0
+        for batch in _fixed_batches(examples, batch_size):
+            todo = [i for i in batch if ids[i] not in writer.done_ids]
+            if not todo:
+                continue
+            if loaded is None:
+                loaded = model if isinstance(model, nn.Module) else model()
+                loaded.eval()
+            tick = time.perf_counter()
+            rows_out = answer_rows(loaded, [examples[i] for i in batch], k=k, pad_token_id=tokenizer.pad_token_id or 0)
+            teacher_s += time.perf_counter() - tick
+            computed_tokens += sum(len(examples[i]["input_ids"]) for i in todo)
+            for i, r in zip(batch, rows_out, strict=True):
+                if i in todo:
+                    writer.add(ids[i], r)
+            done += len(todo)
+            if writer.buffered >= shard_examples:
+                writer.commit()
+            if progress is not None:
+                progress(done, len(examples))
+        writer.close(complete=True)
+    finally:
+        writer.close(complete=None)
+    answer_tokens = sum(len(e["spans"]) for e in examples)
+    return CaptureResult(
+        store_dir=store_dir,
+        key=key,
+        k=k,
+        examples=len(examples),
+        computed=len(examples) - already,
+        already=already,
+        tokens=answer_tokens,
+        signal_rows=answer_tokens,
+        bytes=store_size_bytes(store_dir),
+        elapsed_s=time.perf_counter() - start,
+        complete=True,
+        computed_tokens=computed_tokens,
+        teacher_s=teacher_s,
+    )
+
+
+def prompt_rendering(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """How `sft_data.encode_prompt` renders a prompt with this tokenizer: its chat template (by hash) or
+    the plain text; recorded with a signal so that training can check it renders the prompt the same way."""
+    template = tokenizer.chat_template
+    if template is None:
+        return {"kind": "plain"}
+    return {"kind": "chat_template", "template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16]}
+
+
 # ---------------------------------------------------------------- endpoint logprobs -> the store
 
 
@@ -569,9 +736,13 @@ __all__ = [
     "CaptureResult",
     "EndpointStats",
     "TokenMap",
+    "answer_examples",
+    "answer_rows",
+    "capture_bytes",
     "capture_topk",
     "endpoint_rows",
     "local_model_dir",
+    "prompt_rendering",
     "read_text_rows",
     "signal_from_generations",
     "teacher_identity",

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -77,6 +77,40 @@ class SignalRows(NamedTuple):
     topk_ids: Tensor
     topk_logprobs: Tensor
     valid: Tensor
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """What each stored row holds: (field, dtype, width) with width None = one value per row, "k" = k values,
+    an int = that many. Every field of an example has the same number of rows L."""
+
+    name: str
+    fields: tuple[tuple[str, torch.dtype, int | str | None], ...]
+
+    def shape(self, field_name: str, rows: int, k: int) -> tuple[int, ...]:
+        width = next(w for n, _, w in self.fields if n == field_name)
+        return (rows,) if width is None else (rows, k if width == "k" else int(width))
+
+
+TOKEN_IDS = RowLayout(
+    "token_ids",
+    (("topk_ids", torch.int32, "k"), ("topk_logprobs", torch.float32, "k"), ("valid", torch.bool, None)),
+)
+"""Rows aligned with the example's input_ids (the teacher's and student's shared tokenizer)."""
+
+BYTES = RowLayout(
+    "bytes",
+    (
+        ("spans", torch.int32, 2),
+        ("token_ids", torch.int32, None),
+        ("token_logprobs", torch.float32, None),
+        ("topk_ids", torch.int32, "k"),
+        ("topk_logprobs", torch.float32, "k"),
+    ),
+)
+"""Tokenizer-agnostic rows, one per teacher token of the answer text (`kdistill.lm.byte_signal`)."""
+
+LAYOUTS = {layout.name: layout for layout in (TOKEN_IDS, BYTES)}
 
 
 # ---------------------------------------------------------------- keys and fingerprints
@@ -136,19 +170,22 @@ def _verify_shard(store_dir: Path, entry: Mapping[str, Any], *, sha: bool) -> Pa
     return verify_shard(store_dir, entry, sha=sha, error=TeacherSignalError)
 
 
-def _check_rows(example_id: str, rows: SignalRows, k: int) -> SignalRows:
-    ids, logprobs, valid = rows
-    n = valid.shape[0] if valid.ndim == 1 else -1
-    if ids.shape != (n, k) or logprobs.shape != (n, k) or valid.ndim != 1:
-        raise ValueError(
-            f"example {example_id!r}: expected topk_ids/topk_logprobs (L, {k}) and valid (L,), got "
-            f"{tuple(ids.shape)}, {tuple(logprobs.shape)}, {tuple(valid.shape)}"
-        )
-    return SignalRows(
-        ids.detach().to("cpu", torch.int32).contiguous(),
-        logprobs.detach().to("cpu", torch.float32).contiguous(),
-        valid.detach().to("cpu", torch.bool).contiguous(),
-    )
+def _check_rows(example_id: str, rows: Mapping[str, Tensor], layout: RowLayout, k: int) -> dict[str, Tensor]:
+    names = [name for name, _, _ in layout.fields]
+    if sorted(rows) != sorted(names):
+        raise ValueError(f"example {example_id!r}: expected the fields {names}, got {sorted(rows)}")
+    first = rows[names[0]]
+    n = first.shape[0] if first.ndim >= 1 else -1
+    shapes = {name: tuple(rows[name].shape) for name in names}
+    expected = {name: layout.shape(name, n, k) for name in names}
+    if shapes != expected:
+        def spell(shape: tuple[int, ...]) -> str:
+            return "(" + ", ".join(["L", *map(str, shape[1:])]) + ("," if len(shape) == 1 else "") + ")"
+
+        wanted = ", ".join(f"{name} {spell(expected[name])}" for name in names)
+        got = ", ".join(f"{name} {shapes[name]}" for name in names)
+        raise ValueError(f"example {example_id!r}: expected {wanted}; got {got}")
+    return {name: rows[name].detach().to("cpu", dtype).contiguous() for name, dtype, _ in layout.fields}
 
 
 # ---------------------------------------------------------------- the writer
@@ -178,6 +215,8 @@ class TeacherSignalWriter:
         key_inputs: Mapping[str, Any],
         k: int,
         info: Mapping[str, Any] | None = None,
+        layout: RowLayout = TOKEN_IDS,
+        attachments: Mapping[str, bytes] | None = None,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -186,9 +225,11 @@ class TeacherSignalWriter:
         self.key_inputs = dict(key_inputs)
         self.k = k
         self.info = dict(info or {})
+        self.layout = layout
+        self.attachments = dict(attachments or {})  # files written once with the first manifest
         self.done_ids: set[str] = set()
         self.manifest: dict[str, Any] = {}
-        self._buffer: list[tuple[str, SignalRows]] = []
+        self._buffer: list[tuple[str, dict[str, Tensor]]] = []
         self._lock: IO[bytes] | None = None
 
     def __enter__(self) -> TeacherSignalWriter:
@@ -229,8 +270,14 @@ class TeacherSignalWriter:
                 "Signals of different teachers, tokenizers or data never share a directory: "
                 "use another output directory, or leave `out` unset for the per-key default"
             )
+        if manifest is not None and manifest.get("layout", TOKEN_IDS.name) != self.layout.name:
+            raise TeacherSignalError(
+                f"{self.store_dir} holds rows of layout {manifest.get('layout', TOKEN_IDS.name)!r}, "
+                f"this capture writes {self.layout.name!r}"
+            )
         self.manifest = manifest or {
             "format": FORMAT,
+            "layout": self.layout.name,
             "key": self.key,
             "key_inputs": self.key_inputs,
             "k": self.k,
@@ -253,7 +300,17 @@ class TeacherSignalWriter:
             _verify_shard(self.store_dir, entry, sha=True)
             self.done_ids.update(entry["ids"])
         if manifest is None:
+            listed_files = {}
+            for name, data in sorted(self.attachments.items()):
+                atomic_write_bytes(self.store_dir / name, data)
+                listed_files[name] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            if listed_files:
+                fsync_dir(self.store_dir)
+                self.manifest["attachments"] = listed_files
             self._write_manifest()  # marks the directory as a store (of this key) from the start
+        else:
+            for entry in self.manifest.get("attachments", {}).values():
+                _verify_shard(self.store_dir, entry, sha=True)
         return WriterOpenReport(examples=len(self.done_ids), orphan_files_removed=tuple(removed))
 
     def close(self, *, complete: bool | None = None) -> None:
@@ -287,14 +344,20 @@ class TeacherSignalWriter:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def add(self, example_id: str, rows: SignalRows | Sequence[Tensor]) -> None:
-        """Buffer one example's (ids, logprobs, valid); committed by the next `commit()`."""
+    def add(self, example_id: str, rows: Mapping[str, Tensor] | Sequence[Tensor]) -> None:
+        """Buffer one example's rows (a mapping of the layout's fields, or a tuple in their order, e.g.
+        `SignalRows`); committed by the next `commit()`."""
         if self._lock is None:
             raise RuntimeError("store is not open")
         example_id = str(example_id)
         if example_id in self.done_ids:
             raise TeacherSignalError(f"example {example_id!r} is stored already (a bug in the caller)")
-        self._buffer.append((example_id, _check_rows(example_id, SignalRows(*rows), self.k)))
+        if not isinstance(rows, Mapping):
+            names = [name for name, _, _ in self.layout.fields]
+            if len(rows) != len(names):
+                raise ValueError(f"example {example_id!r}: expected {len(names)} tensors ({names}), got {len(rows)}")
+            rows = dict(zip(names, rows, strict=True))
+        self._buffer.append((example_id, _check_rows(example_id, rows, self.layout, self.k)))
         self.done_ids.add(example_id)
 
     def commit(self) -> None:
@@ -304,15 +367,14 @@ class TeacherSignalWriter:
         from safetensors.torch import save
 
         ids = [example_id for example_id, _ in self._buffer]
-        lengths = [rows.valid.shape[0] for _, rows in self._buffer]
+        first_field = self.layout.fields[0][0]
+        lengths = [rows[first_field].shape[0] for _, rows in self._buffer]
         offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
         tensors = {
-            "topk_ids": torch.cat([rows.topk_ids for _, rows in self._buffer]),
-            "topk_logprobs": torch.cat([rows.topk_logprobs for _, rows in self._buffer]),
-            "valid": torch.cat([rows.valid for _, rows in self._buffer]),
-            "offsets": offsets,
+            name: torch.cat([rows[name] for _, rows in self._buffer]) for name, _, _ in self.layout.fields
         }
+        tensors["offsets"] = offsets
         # One metadata entry: safetensors writes its metadata map in hash order, so a single key keeps
         # the bytes (and the sha256) of a shard a function of its contents.
         meta = json.dumps({"format": FORMAT, "key": self.key, "ids": ids}, separators=(",", ":"))
@@ -362,6 +424,13 @@ class TeacherSignal:
         if manifest is None:
             raise TeacherSignalError(f"{self.store_dir}: not a teacher-signal store (no {MANIFEST})")
         self.manifest = manifest
+        self.layout = LAYOUTS.get(manifest.get("layout", TOKEN_IDS.name))
+        if self.layout is None:
+            raise TeacherSignalError(
+                f"{self.store_dir}: unknown row layout {manifest.get('layout')!r} (known: {sorted(LAYOUTS)})"
+            )
+        for entry in manifest.get("attachments", {}).values():
+            _verify_shard(self.store_dir, entry, sha=verify)
         self._shards: list[Any] = []
         self._index: dict[str, tuple[int, int, int]] = {}  # id -> (shard, first row, end row)
         for number, entry in enumerate(manifest["shards"]):
@@ -438,8 +507,25 @@ class TeacherSignal:
     def __getitem__(self, example_id: str) -> SignalRows:
         return self.get(example_id)
 
+    def attachment(self, name: str) -> Path:
+        """The path of a file written with the store (checked on open), e.g. the candidate table."""
+        if name not in self.manifest.get("attachments", {}):
+            raise TeacherSignalError(f"{self.store_dir}: the store has no {name}")
+        return self.store_dir / name
+
+    def fields(self, example_id: str) -> dict[str, Tensor]:
+        """Every field of the example's rows, whatever the layout (read from the memory-mapped shard)."""
+        number, start, end = self._locate(example_id)
+        shard = self._shards[number]
+        return {name: shard.get_slice(name)[start:end] for name, _, _ in self.layout.fields}
+
     def get(self, example_id: str, *, length: int | None = None) -> SignalRows:
         """The example's rows (read from the memory-mapped shard); `length` = its input_ids length, checked."""
+        if self.layout is not TOKEN_IDS:
+            raise TeacherSignalError(
+                f"{self.store_dir} holds {self.layout.name!r} rows (a cross-tokenizer signal): read it with "
+                "kdistill.lm.byte_signal.ByteSignal"
+            )
         number, start, end = self._locate(example_id)
         if length is not None and length != end - start:
             raise TeacherSignalError(
@@ -494,7 +580,11 @@ def store_size_bytes(store_dir: str | Path) -> int:
 
 __all__ = [
     "ABSENT_ID",
+    "BYTES",
     "FORMAT",
+    "LAYOUTS",
+    "TOKEN_IDS",
+    "RowLayout",
     "MANIFEST",
     "SignalRows",
     "TeacherSignal",

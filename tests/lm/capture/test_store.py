@@ -166,7 +166,7 @@ def test_reopen_removes_orphans_and_refuses_duplicates(tmp_path, examples):
     )
     with pytest.raises(TeacherSignalError, match="'ex-1' is stored already"):
         writer.add("ex-1", examples["ex-1"])
-    with pytest.raises(ValueError, match=r"expected topk_ids/topk_logprobs \(L, 4\)"):
+    with pytest.raises(ValueError, match=r"expected topk_ids \(L, 4\), topk_logprobs \(L, 4\), valid \(L,\)"):
         writer.add("bad", _rows(0, 5, k=3))
     writer.add("ex-5", examples["ex-5"])
     with pytest.raises(TeacherSignalError, match="another process is writing"):
