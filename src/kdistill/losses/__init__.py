@@ -2,6 +2,7 @@
 
 from kdistill.losses.chunked import ChunkedLoss, chunked_cross_entropy, chunked_distill_loss
 from kdistill.losses.crd import CRDLoss
+from kdistill.losses.cross_chunked import CrossTokenizerLoss, chunked_cross_tokenizer_loss
 from kdistill.losses.divergence import DIVERGENCES, Divergence, register
 from kdistill.losses.embedding import (
     EMBEDDING_LOSSES,
@@ -11,6 +12,7 @@ from kdistill.losses.embedding import (
 )
 from kdistill.losses.feature import attention_transfer, fitnet_hint
 from kdistill.losses.hidden import hidden_cosine, hidden_mse
+from kdistill.losses.hybrid import hybrid, hybrid_topk
 from kdistill.losses.relation import rkd_angle, rkd_distance, similarity_preserving
 from kdistill.losses.response import cross_entropy, dkd, hinton_kd
 from kdistill.losses.spec import LOSSES, LossSpec
@@ -31,11 +33,12 @@ from kdistill.losses.token_sparse import (
     sparse_skew_kl,
     sparse_tvd,
 )
-from kdistill.losses.uld import uld
+from kdistill.losses.uld import uld, uld_topk
 
 __all__ = [
     "CRDLoss",
     "ChunkedLoss",
+    "CrossTokenizerLoss",
     "DIVERGENCES",
     "Divergence",
     "EMBEDDING_LOSSES",
@@ -46,6 +49,7 @@ __all__ = [
     "alpha_beta",
     "attention_transfer",
     "chunked_cross_entropy",
+    "chunked_cross_tokenizer_loss",
     "chunked_distill_loss",
     "cross_entropy",
     "dkd",
@@ -57,6 +61,8 @@ __all__ = [
     "hidden_cosine",
     "hidden_mse",
     "hinton_kd",
+    "hybrid",
+    "hybrid_topk",
     "register",
     "reverse_kl",
     "rkd_angle",
@@ -71,4 +77,5 @@ __all__ = [
     "sparse_tvd",
     "tvd",
     "uld",
+    "uld_topk",
 ]
