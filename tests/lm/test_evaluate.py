@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 
 from kdistill.lm.evaluate import (
+    bits_per_byte,
     evaluate_student,
     exact_match,
     generate_answers,
@@ -18,8 +19,11 @@ from kdistill.lm.evaluate import (
     rouge_l_f1,
     teacher_agreement,
 )
-from kdistill.lm.models import load_causal_lm
+from kdistill.lm.models import load_causal_lm, model_from_config
 from kdistill.lm.sft_data import encode_prompt, tokenize_rows
+from kdistill.lm.student_tokenizer import train_student_tokenizer
+
+from .conftest import tiny_llama_config
 
 
 @pytest.mark.parametrize(
@@ -152,3 +156,68 @@ def test_perplexity_of_a_model_that_soft_caps_its_logits_uses_its_own_logits():
     result = response_perplexity(gemma, examples, pad_token_id=0)
     assert result["tokens"] == 3
     assert result["perplexity"] == pytest.approx(math.exp(nll / 3), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def answer_rows(rows):
+    """The shared rows plus answers with multi-byte characters, leading spaces and code (bytes != chars)."""
+    extra = ["naïve café — 東京 🙂", "  def f(x):\n\treturn x ** 2\n", "ok"]
+    return [
+        *rows[:6],
+        *({**rows[i], "completion": text, "record_id": f"x{i}"} for i, text in enumerate(extra)),
+    ]
+
+
+@torch.no_grad()
+def test_bits_per_byte_equals_a_direct_computation(tiny_model, tokenizer, answer_rows):
+    nll, tokens = 0.0, 0
+    for row in answer_rows:  # one row at a time, prompt then answer, eos never looked at
+        prompt = encode_prompt(tokenizer, row)
+        answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        logp = torch.log_softmax(tiny_model(torch.tensor([prompt + answer])).logits[0].double(), dim=-1)
+        nll -= sum(logp[len(prompt) - 1 + k, a].item() for k, a in enumerate(answer))
+        tokens += len(answer)
+    n_bytes = sum(len(row["completion"].encode("utf-8")) for row in answer_rows)
+    assert n_bytes > sum(len(row["completion"]) for row in answer_rows)  # bytes, not characters
+    for batch_size in (1, 4):
+        result = bits_per_byte(tiny_model, tokenizer, answer_rows, max_length=256, batch_size=batch_size)
+        assert (result["bytes"], result["tokens"], result["rows"]) == (n_bytes, tokens, len(answer_rows))
+        assert result["truncated_rows"] == 0
+        assert result["bits"] == pytest.approx(nll / math.log(2), rel=1e-5)
+        assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-5)
+
+
+def test_bits_per_byte_counts_the_same_bytes_under_another_tokenizer(tiny_model, tokenizer, answer_rows):
+    texts = [row["completion"] for row in answer_rows] * 20
+    other = train_student_tokenizer(texts, vocab_size=400, like=tokenizer)  # sentencepiece-like
+    other_model = model_from_config(tiny_llama_config(len(other), layers=1), seed=3)
+    mine = bits_per_byte(tiny_model, tokenizer, answer_rows, max_length=256)
+    theirs = bits_per_byte(other_model, other, answer_rows, max_length=256)
+    assert mine["bytes"] == theirs["bytes"] == sum(len(r["completion"].encode()) for r in answer_rows)
+    assert mine["tokens"] != theirs["tokens"]  # really two tokenisations of the same answers
+    assert theirs["tokens"] == sum(
+        len(other(r["completion"], add_special_tokens=False)["input_ids"]) for r in answer_rows
+    )
+
+
+@torch.no_grad()
+def test_bits_per_byte_of_cut_answers_counts_the_bytes_kept(tiny_model, tokenizer, answer_rows):
+    result = bits_per_byte(tiny_model, tokenizer, answer_rows, max_length=16)
+    expected_bytes = cut = 0
+    for row in answer_rows:
+        answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(tokenizer, row)
+        kept = min(len(answer) + 1, 16 - min(len(prompt), max(16 - len(answer) - 1, 8)))  # +1: eos
+        if kept <= len(answer):  # lost its eos at least: counts what it kept
+            cut += 1
+            expected_bytes += len(tokenizer.decode(answer[:kept]).encode("utf-8"))
+        else:
+            expected_bytes += len(row["completion"].encode("utf-8"))
+    assert 0 < cut < len(answer_rows)
+    assert (result["truncated_rows"], result["bytes"]) == (cut, expected_bytes)
+
+
+def test_bits_per_byte_refuses_an_answer_with_nothing_before_it(tiny_model, plain_tokenizer):
+    row = {"prompt": "", "messages": None, "completion": "x = 1", "record_id": "empty"}
+    with pytest.raises(ValueError, match="row 'empty': the answer starts the sequence"):
+        bits_per_byte(tiny_model, plain_tokenizer, [row], max_length=32)

@@ -4,7 +4,9 @@
 - top-1 agreement with the teacher, next token by next token along the teacher's answers (needs the
   teacher model, and the same tokenizer for both);
 - the student's own greedy answers, scored against the teacher's with ROUGE-L F1 and exact match, and
-  timed (seconds per answer, new tokens per second).
+  timed (seconds per answer, new tokens per second);
+- bits per byte of the answers' text, which, unlike perplexity per token, compares models whose
+  tokenizers differ.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from kdistill.lm.models import backbone_and_head
-from kdistill.lm.sft_data import IGNORE_INDEX, collate, encode_prompt, tokenize_rows
+from kdistill.lm.sft_data import IGNORE_INDEX, collate, encode_prompt, tokenize_row, tokenize_rows
 from kdistill.losses.numerics import compute_dtype
 
 __all__ = [
     "Generations",
+    "bits_per_byte",
     "evaluate_student",
     "exact_match",
     "generate_answers",
@@ -111,6 +114,79 @@ def response_perplexity(
     if tokens == 0:
         raise ValueError("no response tokens to score")
     return {"perplexity": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens}
+
+
+@torch.inference_mode()
+def bits_per_byte(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    pad_token_id: int | None = None,
+) -> dict[str, Any]:
+    """-log2 p(answer text), summed over rows, per UTF-8 byte of the answers: tokenizer-independent.
+
+    Per-token perplexity depends on how finely a tokenizer cuts the text; the probability of the whole
+    answer text does not, so two models with different tokenizers get comparable figures on the same rows.
+    Rows are tokenized as for training (`tokenize_row`: the prompt rendered by this tokenizer's chat
+    template, then the answer). The eos after the answer is not scored: it stands for no byte of the text,
+    and counting it would charge each tokenizer's stop decision to the text. An answer cut by max_length
+    is scored on the tokens kept and counts the bytes those tokens cover (by their offsets; a kept token
+    holding part of a multi-byte character counts the whole character); figures are comparable across
+    tokenizers when `truncated_rows` is 0.
+
+    Returns bits_per_byte, bits (the summed -log2 p), bytes, tokens (scored), rows, truncated_rows.
+    """
+    rows = list(rows)
+    candidates = (pad_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    pad = next((p for p in candidates if p is not None), None)  # masks, not this id, decide what is padding
+    if pad is None:
+        raise ValueError(
+            "bits_per_byte needs a pad_token_id: the tokenizer has neither a pad nor an eos token"
+        )
+    examples, n_bytes, truncated = [], 0, 0
+    for row in rows:
+        example, _, answer_cut = tokenize_row(tokenizer, row, max_length=max_length)
+        labels = list(example["labels"])
+        if labels and labels[0] != IGNORE_INDEX:
+            raise ValueError(
+                f"row {row.get('record_id')!r}: the answer starts the sequence (empty prompt, no bos), so its "
+                "first token has no prediction to score"
+            )
+        if answer_cut:
+            truncated += 1
+            kept = sum(label != IGNORE_INDEX for label in labels)
+            n_bytes += _answer_prefix_bytes(tokenizer, row["completion"], kept)
+        else:
+            labels[-1] = IGNORE_INDEX  # the eos encode_completion appended
+            n_bytes += len(row["completion"].encode("utf-8"))
+        examples.append({**example, "labels": labels})
+    nll, tokens = 0.0, 0
+    for batch in _batches(examples, batch_size, pad):
+        logits, targets = _response_logits(model, batch)  # (n, V), (n,)
+        nll += F.cross_entropy(logits.to(compute_dtype(logits)), targets, reduction="sum").item()
+        tokens += targets.numel()
+    if n_bytes == 0:
+        raise ValueError("no answer bytes to score (every completion is empty)")
+    bits = nll / math.log(2)
+    return {
+        "bits_per_byte": bits / n_bytes,
+        "bits": bits,
+        "bytes": n_bytes,
+        "tokens": tokens,
+        "rows": len(rows),
+        "truncated_rows": truncated,
+    }
+
+
+def _answer_prefix_bytes(tokenizer: PreTrainedTokenizerBase, answer: str, kept: int) -> int:
+    """UTF-8 bytes of `answer` covered by its first `kept` tokens (tokenized alone, as encode_completion)."""
+    if kept == 0:
+        return 0
+    offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return len(answer[: offsets[kept - 1][1]].encode("utf-8"))
 
 
 @torch.inference_mode()
