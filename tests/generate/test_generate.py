@@ -49,6 +49,7 @@ def test_every_prompt_becomes_one_row_in_the_documented_schema(server, prompts_f
         "base_url": server.base_url,
         "model": "teacher-m",
         "api": "chat",
+        "rendering": {"api": "chat"},  # the server applied its own chat template
     }
     assert json.loads(row["sampling"]) == {
         "max_tokens": 512,
@@ -63,9 +64,10 @@ def test_every_prompt_becomes_one_row_in_the_documented_schema(server, prompts_f
     assert logprobs[1] == {
         "token": " seed=11",
         "logprob": pytest.approx(-0.2),
+        "bytes": list(b" seed=11"),
         "top": [
-            {"token": " seed=11", "logprob": pytest.approx(-0.2)},
-            {"token": "alt1", "logprob": pytest.approx(-1.2)},
+            {"token": " seed=11", "logprob": pytest.approx(-0.2), "bytes": list(b" seed=11")},
+            {"token": " seed=1", "logprob": pytest.approx(-1.2), "bytes": list(b" seed=1")},
         ],
     }
     assert (row["prompt_tokens"], row["completion_tokens"]) == (1, 3)

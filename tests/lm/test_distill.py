@@ -233,7 +233,7 @@ def test_configuration_errors_are_explained(tokenizer, teacher, full_signal):
             pad_token_id=0,
         )
     other_vocab = model_from_config(tiny_llama_config(300, layers=1), seed=0).double()
-    with pytest.raises(ValueError, match="must share a tokenizer"):
+    with pytest.raises(ValueError, match="an online teacher must share the student.s tokenizer .another tokenizer: signal cached with distill.cross_tokenizer"):
         TokenDistillObjective(
             other_vocab, LMDistillConfig(signal="online"), teacher=OnlineTeacher(teacher), pad_token_id=0
         )

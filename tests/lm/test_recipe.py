@@ -275,16 +275,18 @@ def test_a_student_with_another_tokenizer_is_refused_up_front(tmp_path, tiny_tea
     tok.save_pretrained(other)
     cfg = parse_config(
         _config(teacher, prompts).model_dump(mode="json")
-        | {"student": {"init": "pretrained", "model": str(other)}}
+        | {"student": {"init": "pretrained", "model": str(other)}, "distill": {"signal": "cached"}}
     )
-    with pytest.raises(ValueError, match="cross-tokenizer distillation is not supported"):
+    with pytest.raises(ValueError, match=r"tokenizers differ: .*set distill.cross_tokenizer") as err:
         run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    assert "kdistill capture --cross-tokenizer" in str(err.value)
+    assert not (tmp_path / "cache" / "generations").exists()  # refused before the teacher answered
     small = {"model_type": "llama", "vocab_size": 100, "hidden_size": 16, "intermediate_size": 32}
     small |= {"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
     cfg = parse_config(
         _config(teacher, prompts).model_dump(mode="json") | {"student": {"init": "config", "config": small}}
     )
-    with pytest.raises(ValueError, match="vocabulary has 100 tokens"):
+    with pytest.raises(ValueError, match="vocabulary has 100 tokens but its tokenizer 512"):
         run_lm(cfg, runs_dir=tmp_path / "runs2", cache_root=tmp_path / "cache")
 
 

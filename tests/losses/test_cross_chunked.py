@@ -165,3 +165,73 @@ def test_bad_inputs_are_clear_errors():
     with pytest.raises(TypeError, match="has no parameter"):  # even though every row is masked
         all_masked = {**inputs, "mask": torch.zeros(ROWS, dtype=torch.bool)}
         chunked_cross_tokenizer_loss(**all_masked, loss="hybrid", divergence_kwargs={"beta": 0.5})
+
+
+# ---------------------------------------------------------------- the fused training form
+
+
+@pytest.mark.parametrize("loss", ["uld", "hybrid"])
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_loss_equals_ce_plus_the_chunked_cross_loss(loss, chunk_size, with_bias):
+    """One pass forming the gradients in forward == the CE on every row + the checkpointed cross loss on
+    the chosen rows, in value and in the gradients w.r.t. hidden, weight and bias."""
+    import torch.nn.functional as F
+
+    from kdistill.losses.cross_chunked import fused_cross_tokenizer_loss
+
+    gen = torch.Generator().manual_seed(7)
+    rows, width, vocab, k = 9, 6, 13, 4
+    hidden = torch.randn(rows, width, generator=gen, dtype=torch.float64)
+    weight = torch.randn(vocab, width, generator=gen, dtype=torch.float64)
+    bias = torch.randn(vocab, generator=gen, dtype=torch.float64) if with_bias else None
+    labels = torch.randint(0, vocab, (rows,), generator=gen)
+    labels[2] = -100
+    cross_rows = torch.tensor([0, 3, 4, 8])
+    ids = torch.randint(-1, vocab, (4, k), generator=gen)
+    logprobs = torch.log_softmax(torch.randn(4, k + 3, generator=gen, dtype=torch.float64), -1)[:, :k]
+    exact = torch.tensor([True, False, True, True])
+    kwargs = dict(teacher_logprobs=logprobs, loss=loss, teacher_student_ids=ids, exact=exact)
+    weights = dict(matched_weight=0.7, unmatched_weight=1.3)
+
+    def reference(h, w, b):
+        ce = F.cross_entropy(F.linear(h, w, b), labels, ignore_index=-100, reduction="sum")
+        cross = chunked_cross_tokenizer_loss(h[cross_rows], w, b, chunk_size=2, **kwargs, **weights)
+        return 0.5 * ce + 2.0 * cross.total
+
+    leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((bias,) if bias is not None else ())]
+    expected = reference(leaves[0], leaves[1], leaves[2] if bias is not None else None)
+    expected_grads = torch.autograd.grad(expected, leaves)
+
+    fused_leaves = [t.clone().requires_grad_() for t in leaves]
+    got = fused_cross_tokenizer_loss(
+        fused_leaves[0],
+        fused_leaves[1],
+        fused_leaves[2] if bias is not None else None,
+        labels=labels,
+        cross_rows=cross_rows,
+        kd_weight=2.0,
+        ce_weight=0.5,
+        chunk_size=chunk_size,
+        **kwargs,
+        **weights,
+    )
+    torch.testing.assert_close(got.total, expected)
+    for a, b in zip(torch.autograd.grad(got.total * 3.0, fused_leaves), expected_grads, strict=True):
+        torch.testing.assert_close(a, 3.0 * b)
+    assert not got.ce.requires_grad and got.ce > 0
+    torch.testing.assert_close(got.total, 0.5 * got.ce + 2.0 * (0.7 * got.matched + 1.3 * got.unmatched))
+
+
+def test_fused_loss_rejects_labels_of_another_length():
+    from kdistill.losses.cross_chunked import fused_cross_tokenizer_loss
+
+    with pytest.raises(ValueError, match=r"labels \(3,\) must be \(4,\)"):
+        fused_cross_tokenizer_loss(
+            torch.zeros(4, 2),
+            torch.zeros(5, 2),
+            labels=torch.zeros(3, dtype=torch.long),
+            cross_rows=torch.tensor([0]),
+            teacher_logprobs=torch.zeros(1, 2),
+            loss="uld",
+        )

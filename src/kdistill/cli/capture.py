@@ -33,6 +33,14 @@ def capture_command(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    cross_tokenizer: Annotated[
+        bool,
+        typer.Option(
+            "--cross-tokenizer",
+            help="store the tokenizer-agnostic signal (answer tokens' byte spans, candidates named by bytes) "
+            "that a student with any tokenizer can learn from (same as cross_tokenizer: true in the config)",
+        ),
+    ] = False,
 ) -> None:
     """Run the teacher once over a tokenized dataset; store its top-k log-probabilities per token.
 
@@ -54,6 +62,9 @@ def capture_command(
 
     source: endpoint converts the logprobs stored by `kdistill generate --top-logprobs K` instead of running a model.
 
+    --cross-tokenizer: for a student with another tokenizer than the teacher's (data: generations; the store
+    holds the answer tokens' byte spans and top-k candidates as bytes; read it with kdistill.lm.byte_signal.ByteSignal).
+
     Rerun the same command after a crash or Ctrl-C: committed shards are kept, only missing examples are computed.
 
     Output: a store directory (safetensors shards + manifest.json), printed last; read it with kdistill.lm.signal_store.TeacherSignal(DIR).
@@ -64,7 +75,9 @@ def capture_command(
     from kdistill.schema import ConfigError
 
     try:
-        cfg = load_capture_config(config, overrides)
+        cfg = load_capture_config(
+            config, [*(overrides or []), *(["cross_tokenizer=true"] if cross_tokenizer else [])]
+        )
     except ConfigError as err:
         raise fail(str(err), "`kdistill capture --help` shows an example config") from None
 

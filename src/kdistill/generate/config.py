@@ -41,6 +41,21 @@ class OpenAITeacherConfig(Strict):
         description="send $OPENAI_ORG_ID / $OPENAI_PROJECT_ID as OpenAI-Organization / OpenAI-Project "
         "headers; null = only to OpenAI's own API (https://api.openai.com and its regional hosts)",
     )
+    render_with: str | None = Field(
+        None,
+        description="render prompts here with this tokenizer's chat template (directory, hub id or "
+        "pkg:<name>) and send the text through /completions, so that the prompt the teacher answered is "
+        "known (the student's, for distillation); null = the server applies its own template",
+    )
+
+    @model_validator(mode="after")
+    def _render_needs_completions(self) -> OpenAITeacherConfig:
+        if self.render_with is not None and self.api == "chat":
+            raise ValueError(
+                "render_with sends the rendered text through the completions API: set api to completions "
+                "or auto, or drop render_with to let the server apply its own template"
+            )
+        return self
 
 
 class WatermarkConfig(Strict):

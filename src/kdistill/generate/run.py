@@ -21,6 +21,10 @@ its logprobs are finite. Otherwise it goes to rejects.jsonl with one of the reas
 `REJECT_REASONS`. A response whose body is not JSON or has no choices rejects every sample it was asked
 for; samples missing from a response with too few choices are rejected as `missing_choice`.
 
+**Rendering.** Each row's `teacher` JSON also says how its prompt was rendered (`rendering`, from an
+endpoint teacher): by the server's own chat template, as plain text, or by a chat template applied here
+(`teacher.render_with`, sent through /completions), which is then part of the record id too.
+
 **Seeds.** With `sampling.seed`, request i of a prompt is sent with seed + (its first sample index),
 so samples differ from each other yet are reproducible.
 
@@ -184,6 +188,7 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
             api="chat" if t.api == "auto" else t.api,
             timeout_s=t.timeout_s,
             send_org_headers=t.send_org_headers,
+            template_tokenizer=None if t.render_with is None else _template_tokenizer(t.render_with),
         )
         return teacher, key or None
     from kdistill.generate.teachers.hf_local import HFLocalTeacher
@@ -211,6 +216,22 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
         watermark=watermark,
     )
     return teacher, None
+
+
+def _template_tokenizer(ref: str) -> Any:
+    """The tokenizer `teacher.render_with` names (directory, hub id or pkg:<name>), with a chat template."""
+    from kdistill.lm.models import load_tokenizer
+    from kdistill.runs.locations import resolve_model_ref
+
+    try:
+        tokenizer = load_tokenizer(resolve_model_ref(ref))
+    except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
+        raise GenerationError(f"teacher.render_with {ref!r}: cannot load a tokenizer ({err})") from None
+    if tokenizer.chat_template is None:
+        raise GenerationError(
+            f"teacher.render_with {ref!r}: the tokenizer has no chat template to render with"
+        )
+    return tokenizer
 
 
 def generate(
@@ -287,7 +308,12 @@ class _Run:
         self.secret = secret if secret and len(secret) >= MIN_SCRUB_LENGTH else None
         self.teacher_id = dict(teacher.identity)
         self.sampling_id = sampling_identity(config.sampling)
-        self.teacher_json = canonical_json(self.teacher_id)
+        # How the prompt was rendered (an endpoint teacher says): written into every row's teacher JSON,
+        # so that a signal made of the rows can say what context it is conditioned on. It joins the record
+        # id (teacher_id) only where it is our choice (render_with); the ids of other rows stay as they were.
+        self.rendering: dict[str, Any] | None = getattr(teacher, "rendering", None)
+        rendering = {} if self.rendering is None else {"rendering": self.rendering}
+        self.teacher_json = canonical_json({**self.teacher_id, **rendering})
         self.sampling_json = canonical_json(self.sampling_id)
         self.policy = RetryPolicy(**config.retry.model_dump())
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
@@ -309,12 +335,13 @@ class _Run:
     # -- planning
 
     def _check_prompts(self) -> None:
-        if self.teacher_id.get("api") == "completions":
+        renders_chats = (self.rendering or {}).get("kind") == "chat_template"
+        if self.teacher_id.get("api") == "completions" and not renders_chats:
             chat = next((p for p in self.prompts if p.messages is not None), None)
             if chat is not None:
                 raise GenerationError(
                     f"{chat.where}: a chat prompt (messages), but teacher.api is 'completions' "
-                    "(plain prompts only); use api: chat"
+                    "(plain prompts only); use api: chat, or teacher.render_with to render chats here"
                 )
 
     def _plan(self) -> list[_WorkItem]:

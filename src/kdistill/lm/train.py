@@ -49,7 +49,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdistill.io import atomic_write_text
 from kdistill.lm.config import LMTrainConfig, LoraConfig
-from kdistill.lm.objectives import Objective, SFTObjective
+from kdistill.lm.objectives import LOGGED_ONLY, Objective, SFTObjective
 from kdistill.lm.sft_data import collate, count_response_tokens
 from kdistill.runs.checkpoint import restore_training_state, save_training_state
 from kdistill.runs.schedule import lr_scheduler
@@ -354,7 +354,7 @@ def _accumulate(
         sync = accelerator.no_sync(model) if k < len(micro_batches) - 1 else contextlib.nullcontext()
         with sync:
             terms = model(batch)
-            total = sum(terms.values())
+            total = sum(v for name, v in terms.items() if not name.startswith(LOGGED_ONLY))
             if not torch.isfinite(total):
                 values = {name: float(v.detach()) for name, v in terms.items()}
                 raise TrainingDiverged(

@@ -198,3 +198,210 @@ def chunked_cross_tokenizer_loss(
         unmatched = unmatched + u
     total = matched_weight * matched + unmatched_weight * unmatched
     return CrossTokenizerLoss(total=total, matched=matched, unmatched=unmatched)
+
+
+# ---------------------------------------------------------------- the training form: CE + cross loss, one pass
+
+
+@dataclass(frozen=True)
+class FusedCrossTokenizerLoss:
+    """What `fused_cross_tokenizer_loss` returns. `total` is the one differentiable output; the parts are
+    detached sums for logging."""
+
+    total: Tensor  # kd_weight * (matched_weight * matched + unmatched_weight * unmatched) + ce_weight * ce
+    ce: Tensor  # the student's cross-entropy summed over rows with a label
+    matched: Tensor
+    unmatched: Tensor
+
+
+@dataclass(frozen=True)
+class _FusedSpec:
+    labels: Tensor  # (R,)
+    cross_rows: Tensor  # (C,) int64 into R
+    ids: Tensor | None  # (C, k)
+    logprobs: Tensor  # (C, k)
+    exact: Tensor | None  # (C,)
+    loss: str
+    divergence: str | Divergence
+    divergence_kwargs: dict[str, Any] | None
+    temperatures: dict[str, float]
+    teacher_vocab_size: int | None
+    matched_weight: float
+    unmatched_weight: float
+    kd_weight: float
+    ce_weight: float
+    chunk_size: int
+
+    def chunk_terms(self, logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(ce, matched, unmatched) sums of rows [start, end) from their logits (c, V)."""
+        zero = torch.zeros((), dtype=compute_dtype(logits), device=logits.device)
+        ce = zero
+        if self.ce_weight:
+            ce = F.cross_entropy(
+                logits.to(compute_dtype(logits)), self.labels[start:end], ignore_index=-100, reduction="sum"
+            )
+        inside = (self.cross_rows >= start) & (self.cross_rows < end)
+        matched, unmatched = zero, zero
+        if self.kd_weight and bool(inside.any()):
+            exact = inside & self.exact if self.loss == "hybrid" else torch.zeros_like(inside)
+            shape = inside & ~exact
+            if bool(exact.any()):
+                m, u = hybrid_topk_parts(
+                    logits[self.cross_rows[exact] - start],
+                    self.ids[exact],
+                    self.logprobs[exact],
+                    divergence=self.divergence,
+                    divergence_kwargs=self.divergence_kwargs,
+                    teacher_vocab_size=self.teacher_vocab_size,
+                    **self.temperatures,
+                )
+                matched, unmatched = m.sum(), u.sum()
+            if bool(shape.any()):
+                unmatched = unmatched + uld_topk(
+                    logits[self.cross_rows[shape] - start],
+                    self.logprobs[shape],
+                    teacher_vocab_size=self.teacher_vocab_size,
+                    reduction="sum",
+                    **self.temperatures,
+                )
+        return ce, matched, unmatched
+
+    def weighted(self, ce: Tensor, matched: Tensor, unmatched: Tensor) -> Tensor:
+        return self.ce_weight * ce + self.kd_weight * (
+            self.matched_weight * matched + self.unmatched_weight * unmatched
+        )
+
+
+class _FusedCross(torch.autograd.Function):
+    """(hidden, weight, bias) -> the weighted total, its gradients formed chunk by chunk in forward: one
+    logits matmul and two gradient matmuls per chunk, the loss's own gradient by autograd on the chunk's
+    logits only (no recomputation in backward)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, spec: _FusedSpec):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        w = weight.to(hidden.dtype)
+        b = None if bias is None else bias.to(hidden.dtype)
+        acc = compute_dtype(weight)
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
+        sums = [torch.zeros((), dtype=compute_dtype(hidden), device=hidden.device) for _ in range(3)]
+        rows = hidden.shape[0]
+        for start in range(0, rows, spec.chunk_size):
+            end = min(start + spec.chunk_size, rows)
+            h = hidden[start:end]
+            logits = F.linear(h, w, b)  # (c, V)
+            with torch.enable_grad():
+                z = logits.detach().requires_grad_(need_h or need_w or need_b)
+                parts = spec.chunk_terms(z, start, end)
+                value = spec.weighted(*parts)
+                g = None
+                if z.requires_grad and value.requires_grad:
+                    (g,) = torch.autograd.grad(value, z)
+            for n, part in enumerate(parts):
+                sums[n] = sums[n] + part.detach()
+            del logits, z, value
+            if g is not None:
+                if grad_b is not None:
+                    grad_b.add_(g.sum(dim=0, dtype=acc))
+                if grad_h is not None:
+                    grad_h[start:end] = (g @ w).to(grad_h.dtype)
+                if grad_w is not None:
+                    grad_w.add_((g.t() @ h).to(acc))
+                del g
+        ctx.set_materialize_grads(False)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in (grad_h, grad_w, grad_b)))
+        ctx.present = (grad_h is not None, grad_w is not None, grad_b is not None)
+        ce, matched, unmatched = sums
+        ctx.mark_non_differentiable(ce, matched, unmatched)
+        return spec.weighted(ce, matched, unmatched), ce, matched, unmatched
+
+    @staticmethod
+    def backward(ctx, grad_total, *_):
+        if grad_total is None:
+            return None, None, None, None
+        out = []
+        for saved, present, dtype in zip(ctx.saved_tensors, ctx.present, (None, *ctx.dtypes), strict=True):
+            grad = saved * grad_total if present else None
+            out.append(grad if grad is None or dtype is None else grad.to(dtype))
+        return out[0], out[1], out[2], None
+
+
+def fused_cross_tokenizer_loss(
+    hidden: Tensor,
+    head_weight: Tensor,
+    head_bias: Tensor | None = None,
+    *,
+    labels: Tensor,
+    cross_rows: Tensor,
+    teacher_logprobs: Tensor,
+    loss: CrossLoss,
+    teacher_student_ids: Tensor | None = None,
+    exact: Tensor | None = None,
+    divergence: str | Divergence = "forward_kl",
+    divergence_kwargs: dict[str, Any] | None = None,
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+    teacher_vocab_size: int | None = None,
+    matched_weight: float = 1.0,
+    unmatched_weight: float = 1.0,
+    kd_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    chunk_size: int = 1024,
+) -> FusedCrossTokenizerLoss:
+    """What a cross-tokenizer training step minimises, in one pass over the student's answer rows:
+
+        total = ce_weight * sum_r CE(logits_r, labels_r) + kd_weight * chunked_cross_tokenizer_loss(rows
+                `cross_rows`).total
+
+    hidden (R, H) are the rows the SFT term covers (labels (R,), -100 = none); `cross_rows` (C,) picks the
+    aligned chunks among them, with their teacher_logprobs / teacher_student_ids (C, k) and exact (C,). Each
+    chunk of rows forms its logits once, and the gradient w.r.t. those logits (autograd of the losses on
+    the chunk alone) becomes the gradients w.r.t. hidden, weight and bias right there: three head matmuls
+    per chunk, as `chunked_distill_loss`, instead of CE and the checkpointed cross loss apart (seven). Value
+    and gradients equal that composition (tested); only `total` is differentiable.
+    """
+    cross_rows = cross_rows.to(hidden.device, torch.int64)
+    _check_inputs(
+        hidden[cross_rows],
+        head_weight,
+        head_bias,
+        teacher_student_ids,
+        teacher_logprobs,
+        exact,
+        None,
+        loss,
+        chunk_size,
+    )
+    if labels.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} must be ({hidden.shape[0]},) for hidden {tuple(hidden.shape)}"
+        )
+    check_temperature(student_temperature)
+    check_temperature(teacher_temperature)
+    check_teacher_vocab_size(teacher_vocab_size, teacher_logprobs.shape[1])
+    if loss == "hybrid":
+        bind_divergence(divergence, divergence_kwargs)
+    device = hidden.device
+    spec = _FusedSpec(
+        labels=labels.to(device),
+        cross_rows=cross_rows,
+        ids=None if teacher_student_ids is None else teacher_student_ids.to(device),
+        logprobs=teacher_logprobs.detach().to(device),
+        exact=None if exact is None else exact.to(device),
+        loss=loss,
+        divergence=divergence,
+        divergence_kwargs=divergence_kwargs,
+        temperatures={"student_temperature": student_temperature, "teacher_temperature": teacher_temperature},
+        teacher_vocab_size=teacher_vocab_size,
+        matched_weight=matched_weight,
+        unmatched_weight=unmatched_weight,
+        kd_weight=kd_weight,
+        ce_weight=ce_weight,
+        chunk_size=chunk_size,
+    )
+    with torch.autocast(device.type, enabled=False):
+        total, ce, matched, unmatched = _FusedCross.apply(hidden, head_weight, head_bias, spec)
+    return FusedCrossTokenizerLoss(total=total, ce=ce, matched=matched, unmatched=unmatched)

@@ -41,6 +41,11 @@ class RunProgress:
         with self.bars if self.bars is not None else contextlib.nullcontext():
             yield self
 
+    def warn(self, text: str) -> None:
+        """A warning line above the bars (nothing without a console)."""
+        if self.bars is not None:
+            self.bars.console.print(f"[yellow]warning:[/] {text}", soft_wrap=True)
+
     def bar(self, label: str, total: int | None = None) -> Callable[..., None]:
         """A new bar; the returned `update(done, total=None)` moves it."""
         if self.bars is None:

@@ -47,10 +47,14 @@ def test_rows_are_the_teachers_answer_distributions(teacher, tokenizer, gens_dir
         torch.testing.assert_close(stored.topk_logprobs, values, rtol=1e-4, atol=1e-4)
         assert torch.equal(stored.topk_ids.long(), top)
         chosen = ids[0, start : start + n]
-        torch.testing.assert_close(stored.token_logprobs, expected.gather(-1, chosen[:, None])[:, 0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            stored.token_logprobs, expected.gather(-1, chosen[:, None])[:, 0], rtol=1e-4, atol=1e-4
+        )
         # candidate ids are teacher ids: the table holds each id's bytes
         for t in stored.topk_ids[0].tolist():
-            assert table.entries[t] == (vocab_bytes[t] or b"") and table.special[t] == (vocab_bytes[t] is None)
+            assert table.entries[t] == (vocab_bytes[t] or b"") and table.special[t] == (
+                vocab_bytes[t] is None
+            )
 
 
 def test_a_killed_capture_resumes_to_the_same_bytes(teacher, tokenizer, gens_dir, tmp_path):
@@ -105,8 +109,9 @@ def test_student_ids_map_candidates_by_bytes(teacher, tokenizer, gens_dir, tmp_p
 
 
 def test_student_alignment_on_the_stored_spans(teacher, tokenizer, gens_dir, tmp_path):
-    from kdistill.lm.alignment import token_byte_spans
     from tests.fixtures.tiny_lm import train_bpe
+
+    from kdistill.lm.alignment import token_byte_spans
 
     rows = [dict(r) for r in load_generations(gens_dir)]
     signal = ByteSignal(_capture(teacher, tokenizer, rows, tmp_path / "sig").store_dir)
@@ -119,7 +124,9 @@ def test_student_alignment_on_the_stored_spans(teacher, tokenizer, gens_dir, tmp
     assert sum(aligned.kinds.values()) == len(aligned.student_rows) > 0
     for srow, trow, exact in zip(aligned.student_rows, aligned.teacher_rows, aligned.exact, strict=True):
         s_start = spans[srow - 9][0]
-        assert abs(s_start - teacher_spans[trow][0]) <= 1  # both predict the text from the same byte (a "▁" may sit outside)
+        assert (
+            abs(s_start - teacher_spans[trow][0]) <= 1
+        )  # both predict the text from the same byte (a "▁" may sit outside)
         if exact:
             assert spans[srow - 9][1] == teacher_spans[trow][1]
 
@@ -129,7 +136,10 @@ def test_each_layout_is_read_by_its_own_reader(teacher, tokenizer, gens_dir, tmp
 
     writer = TeacherSignalWriter(tmp_path / "ids", key="k", key_inputs={}, k=2)
     writer.open()
-    writer.add("a", SignalRows(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, 2), torch.ones(3, dtype=torch.bool)))
+    writer.add(
+        "a",
+        SignalRows(torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, 2), torch.ones(3, dtype=torch.bool)),
+    )
     writer.close(complete=True)
     with pytest.raises(TeacherSignalError, match="--cross-tokenizer"):
         ByteSignal(tmp_path / "ids")

@@ -113,7 +113,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir, gens_dir):
     result = invoke(str(_config(tmp_path, model_dir, gens_dir, student_tokenizer=str(other))))
     assert result.exit_code == 2, result.output
     assert "teacher and student tokenizers differ: vocabularies differ" in result.stderr
-    assert "cross-tokenizer distillation is not supported yet" in result.stderr
+    assert "kdistill capture --cross-tokenizer" in result.stderr
 
     out = tmp_path / "sig"
     assert invoke(str(_config(tmp_path, model_dir, gens_dir, out=str(out)))).exit_code == 0
@@ -169,3 +169,23 @@ def test_sigkill_mid_capture_then_rerun_equals_an_uninterrupted_capture(tmp_path
     # the resumed capture ran the very same batches and committed the same shards, byte for byte
     assert [s["sha256"] for s in shards] == [s["sha256"] for s in read_manifest(whole)["shards"]]
     assert not [p.name for p in cut.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cross_tokenizer_flag_writes_the_byte_signal(tmp_path, model_dir, gens_dir):
+    """--cross-tokenizer: the agnostic store (answer byte spans, candidates by bytes), readable by ByteSignal;
+    with texts instead of generations it is a config error naming the field."""
+    from kdistill.lm.byte_signal import ByteSignal
+
+    cfg = _config(tmp_path, model_dir, gens_dir, batch_size=4)
+    result = invoke(str(cfg), "--cross-tokenizer", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    signal_ = ByteSignal(summary["store_dir"])
+    assert len(signal_) == 14 and signal_.k == 5 and signal_.key_inputs["layout"] == "bytes"
+    token_ids = json.loads(invoke(str(cfg), "--json").stdout)
+    assert token_ids["store_dir"] != summary["store_dir"]  # another key than the token-id store
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"id": "t", "text": "some text"}) + "\n")
+    bad = write_config(tmp_path / "bad.yaml", teacher={"model": str(model_dir)}, data={"texts": str(texts)})
+    result = invoke(str(bad), "--cross-tokenizer")
+    assert result.exit_code == 2 and "capture: cross_tokenizer aligns answers by their text" in result.stderr

@@ -9,7 +9,17 @@ than an exception, because a malformed answer is a reject, not a failure to retr
 Chat (`/chat/completions`) sends a plain prompt as one user message; completions (`/completions`) sends
 the prompt text as is and needs plain prompts. Logprobs are asked for with `top_logprobs` (chat:
 `logprobs=true, top_logprobs=k`; completions: `logprobs=k`) and normalised to the row format
-`[{"token", "logprob", "top": [{"token", "logprob"}, ...]}, ...]`, one entry per generated token.
+`[{"token", "logprob", "bytes"?, "top": [{"token", "logprob", "bytes"?}, ...]}, ...]`, one entry per
+generated token. `bytes` (the token's UTF-8 bytes, possibly part of a character) is kept when the server
+sends it (chat logprobs, llama.cpp's completions): it is what names a token exactly across tokenizers
+(`kdistill.lm.endpoint_bytes`), where the text of a partial character is only a replacement character.
+
+**Prompt rendering.** The signal a student learns from is conditioned on the prompt the teacher saw.
+Through the chat API the server applies *its own* chat template, which we cannot see; `template_tokenizer`
+renders the chat template of a tokenizer we have here instead (the way `kdistill.lm.sft_data.encode_prompt`
+does for the student: a plain prompt becomes one user message) and sends the text through /completions.
+`rendering` says which happened, and is written with every row: `{"api": "chat"}`, `{"api":
+"completions", "kind": "plain"}` or `{"api": "completions", "kind": "chat_template", "template_sha256"}`.
 
 **Organization headers.** The openai client reads `OPENAI_ORG_ID` and `OPENAI_PROJECT_ID` from the
 environment and sends them as `OpenAI-Organization` / `OpenAI-Project` headers to whatever base URL it
@@ -45,9 +55,20 @@ class OpenAIEndpointTeacher:
         api: Literal["chat", "completions"] = "chat",
         timeout_s: float = 600.0,
         send_org_headers: bool | None = None,
+        template_tokenizer: Any = None,
     ) -> None:
         import openai
 
+        self.template_tokenizer = template_tokenizer
+        if template_tokenizer is not None:
+            if template_tokenizer.chat_template is None:
+                raise ValueError("the tokenizer to render prompts with has no chat template")
+            from kdistill.lm.capture import prompt_rendering
+
+            api = "completions"  # the prompt is text once rendered
+            self.rendering: dict[str, Any] = {"api": api, **prompt_rendering(template_tokenizer)}
+        else:
+            self.rendering = {"api": "chat"} if api == "chat" else {"api": api, "kind": "plain"}
         self.api = api
         self.model = model
         self.sampling = sampling
@@ -58,6 +79,10 @@ class OpenAIEndpointTeacher:
             "model": model,
             "api": api,
         }
+        if template_tokenizer is not None:
+            # our choice of template changes the answers, so it is part of every record id; the server's
+            # own template (the default) is not, which keeps the ids of existing rows
+            self.identity["rendering"] = self.rendering
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key or NO_KEY,
@@ -90,17 +115,24 @@ class OpenAIEndpointTeacher:
             params["messages"] = request.messages or [{"role": "user", "content": request.prompt or ""}]
             path = "/chat/completions"
         else:
-            if request.prompt is None:
+            if request.prompt is None and self.template_tokenizer is None:
                 raise ValueError("the completions API needs a plain prompt, not messages")
             if s.top_logprobs is not None:
                 params["logprobs"] = s.top_logprobs
-            params["prompt"] = request.prompt
+            params["prompt"] = self.render(request) if self.template_tokenizer is not None else request.prompt
             path = "/completions"
         # The client's generic `post` (its documented way to reach any endpoint) sends exactly these
         # fields, with the client's auth, timeouts and error classes, and skips the typed-parameter
         # transform that costs ~1 ms of CPU per request, a limit at hundreds of requests per second.
         response = await self._client.post(path, body=params, cast_to=httpx2.Response)
         return parse_body(response.content, chat=self.api == "chat")
+
+    def render(self, request: CompletionRequest) -> str:
+        """The prompt text `template_tokenizer`'s chat template makes of the request, ready for the answer."""
+        messages = request.messages or [{"role": "user", "content": request.prompt or ""}]
+        return self.template_tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -184,18 +216,27 @@ def _chat_logprobs(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
         return None
     return [
         {
-            "token": str(item["token"]),
-            "logprob": float(item["logprob"]),
-            "top": [
-                {"token": str(t["token"]), "logprob": float(t["logprob"])}
-                for t in (item.get("top_logprobs") or [])
-            ],
+            **_token(item),
+            "top": [_token(t) for t in (item.get("top_logprobs") or [])],
         }
         for item in content
     ]
 
 
+def _token(item: dict[str, Any]) -> dict[str, Any]:
+    """{"token", "logprob"} of one token, plus its "bytes" when the server sent them."""
+    out: dict[str, Any] = {"token": str(item["token"]), "logprob": float(item["logprob"])}
+    if item.get("bytes") is not None:
+        data = [int(b) for b in item["bytes"]]
+        if any(not 0 <= b < 256 for b in data):
+            raise ValueError("a token byte outside 0..255")
+        out["bytes"] = data
+    return out
+
+
 def _completion_logprobs(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if raw.get("content") is not None:
+        return _chat_logprobs(raw)  # llama.cpp answers /completions with the chat form (token bytes included)
     tokens, logprobs = raw.get("tokens"), raw.get("token_logprobs")
     if tokens is None or logprobs is None:
         return None
