@@ -85,6 +85,13 @@ def test_cross_tokenizer_run_compares_sft_uld_and_hybrid_per_byte(tmp_path, tiny
         for h in metrics["history"]
     }
     assert len(set(steps.values())) == 1 and len(steps) == 3
+    # the cross arms log their parts (CE, matched, unmatched) beside the one optimised term, not in the loss
+    entry = next(e for e in metrics["history"] if e["model"].startswith("student (KD") and "terms" in e)
+    parts = {name: v for name, v in entry["terms"].items() if name.startswith("logged/")}
+    optimised = {name: v for name, v in entry["terms"].items() if not name.startswith("logged/")}
+    assert set(parts) == {"logged/ce", "logged/matched", "logged/unmatched"} and list(optimised) == ["kd/hybrid+ce"]
+    assert entry["loss"] == pytest.approx(optimised["kd/hybrid+ce"])
+    assert optimised["kd/hybrid+ce"] == pytest.approx(parts["logged/ce"] + parts["logged/matched"] + parts["logged/unmatched"])
     student = AutoModelForCausalLM.from_pretrained(d / "student")
     uld = AutoModelForCausalLM.from_pretrained(d / "student_cross-uld")
     tok = AutoTokenizer.from_pretrained(d / "student")

@@ -290,7 +290,8 @@ def train_objective(
         if done % log_every == 0 or done == steps:
             per_token = {name: v / max(running["tokens"], 1) for name, v in running["terms"].items()}
             entry |= {
-                "loss": sum(per_token.values()),  # the objective per loss token (SFT: mean response nll)
+                # the objective per loss token (SFT: mean response nll); logged-only parts are inside other terms
+                "loss": sum(v for name, v in per_token.items() if not name.startswith(LOGGED_ONLY)),
                 "terms": per_token,
                 "tokens": running["tokens"],
                 "lr": lr,

@@ -232,14 +232,27 @@ class _FusedSpec:
     ce_weight: float
     chunk_size: int
 
-    def chunk_terms(self, logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(ce, matched, unmatched) sums of rows [start, end) from their logits (c, V)."""
+    def ce_and_gradient(
+        self, logits: Tensor, start: int, end: int, *, gradient: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The CE summed over rows [start, end) and ce_weight x its gradient w.r.t. the logits in closed form
+        (softmax - one-hot on labelled rows), computed without autograd."""
+        labels = self.labels[start:end]
+        labelled = labels != -100
+        safe = labels.clamp_min(0)[:, None]
+        with torch.no_grad():
+            log_p = torch.log_softmax(logits.to(compute_dtype(logits)), dim=-1)  # (c, V)
+            ce = -(log_p.gather(1, safe)[:, 0] * labelled).sum()
+            if not gradient:
+                return ce, None
+            grad = log_p.exp_()  # in place: log_p is not needed any more
+            grad.scatter_add_(1, safe, -torch.ones_like(safe, dtype=grad.dtype))
+            grad.mul_((labelled * self.ce_weight)[:, None].to(grad.dtype))
+        return ce, grad
+
+    def cross_terms(self, logits: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        """(matched, unmatched) sums of the aligned chunks among rows [start, end)."""
         zero = torch.zeros((), dtype=compute_dtype(logits), device=logits.device)
-        ce = zero
-        if self.ce_weight:
-            ce = F.cross_entropy(
-                logits.to(compute_dtype(logits)), self.labels[start:end], ignore_index=-100, reduction="sum"
-            )
         inside = (self.cross_rows >= start) & (self.cross_rows < end)
         matched, unmatched = zero, zero
         if self.kd_weight and bool(inside.any()):
@@ -264,7 +277,7 @@ class _FusedSpec:
                     reduction="sum",
                     **self.temperatures,
                 )
-        return ce, matched, unmatched
+        return matched, unmatched
 
     def weighted(self, ce: Tensor, matched: Tensor, unmatched: Tensor) -> Tensor:
         return self.ce_weight * ce + self.kd_weight * (
@@ -292,17 +305,21 @@ class _FusedCross(torch.autograd.Function):
             end = min(start + spec.chunk_size, rows)
             h = hidden[start:end]
             logits = F.linear(h, w, b)  # (c, V)
+            wanted = need_h or need_w or need_b
+            ce, g = spec.ce_and_gradient(logits, start, end, gradient=wanted and bool(spec.ce_weight))
             with torch.enable_grad():
-                z = logits.detach().requires_grad_(need_h or need_w or need_b)
-                parts = spec.chunk_terms(z, start, end)
-                value = spec.weighted(*parts)
-                g = None
+                z = logits.detach().requires_grad_(wanted)
+                matched, unmatched = spec.cross_terms(z, start, end)
+                value = spec.kd_weight * (spec.matched_weight * matched + spec.unmatched_weight * unmatched)
                 if z.requires_grad and value.requires_grad:
-                    (g,) = torch.autograd.grad(value, z)
-            for n, part in enumerate(parts):
+                    (g_cross,) = torch.autograd.grad(value, z)
+                    g = g_cross if g is None else g.add_(g_cross)
+                    del g_cross
+            for n, part in enumerate((ce, matched, unmatched)):
                 sums[n] = sums[n] + part.detach()
             del logits, z, value
             if g is not None:
+                g = g.to(w.dtype)  # the matmul dtype (the CE part is formed in float32)
                 if grad_b is not None:
                     grad_b.add_(g.sum(dim=0, dtype=acc))
                 if grad_h is not None:
