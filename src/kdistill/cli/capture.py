@@ -101,7 +101,8 @@ def capture_command(
         return
     console.print(_summary_table(result, time.perf_counter() - started))
     ep = result.endpoint
-    if ep is not None and ep.mismatched_tokens:
+    by_bytes = hasattr(ep, "notes")  # a conversion by bytes: no tokenizer, its own notes below
+    if ep is not None and ep.mismatched_tokens and not by_bytes:
         share = ep.mismatched_tokens / max(ep.endpoint_tokens, 1)
         console.print(
             f"[yellow]note:[/] {ep.mismatched_tokens} of {ep.endpoint_tokens} endpoint tokens ({share:.1%}) do "
@@ -114,6 +115,8 @@ def capture_command(
             f"(e.g. {', '.join(ep.skipped_ids)})",
             soft_wrap=True,
         )
+    for note in getattr(ep, "notes", None) or []:  # a conversion by bytes says what it could not use
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     typer.echo(str(result.store_dir))
 
 

@@ -189,3 +189,35 @@ def test_cross_tokenizer_flag_writes_the_byte_signal(tmp_path, model_dir, gens_d
     bad = write_config(tmp_path / "bad.yaml", teacher={"model": str(model_dir)}, data={"texts": str(texts)})
     result = invoke(str(bad), "--cross-tokenizer")
     assert result.exit_code == 2 and "capture: cross_tokenizer aligns answers by their text" in result.stderr
+
+
+def test_cross_tokenizer_endpoint_source_converts_by_bytes_and_says_what_it_left_out(tmp_path, model_dir):
+    from kdistill.lm.byte_signal import ByteSignal
+
+    def entry(text, lp, alts=()):
+        return {
+            "token": text,
+            "logprob": lp,
+            "bytes": list(text.encode()),
+            "top": [
+                {"token": a, "logprob": lp - 1 - i, "bytes": list(a.encode())} for i, a in enumerate(alts)
+            ],
+        }
+
+    rows = [
+        generation_row(
+            0, "the value", logprobs=[entry("the", -0.1, ["a"]), entry(" value", -0.2, [" name"])]
+        ),
+        generation_row(1, "the names", logprobs=[entry("the", -0.3), entry(" name", -0.1), entry("d", -0.5)]),
+    ]
+    gens = write_generations(tmp_path / "gens", 2, rows)
+    cfg = _config(tmp_path, model_dir, gens, source="endpoint")
+    result = invoke(str(cfg), "--cross-tokenizer")
+    assert result.exit_code == 0, result.output
+    assert "1 rows: the endpoint's tokens do not spell the whole answer (first: 'rec-001')" in result.stdout
+    signal_ = ByteSignal(result.stdout.strip().splitlines()[-1])
+    assert [bytes(signal_.table.entries[int(t)]) for t in signal_.rows("rec-000").token_ids] == [
+        b"the",
+        b" value",
+    ]
+    assert signal_.rows("rec-001").spans.tolist() == [[0, 3], [3, 8]]  # the agreeing prefix "the name"
