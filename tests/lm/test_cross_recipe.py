@@ -226,3 +226,18 @@ def test_a_same_tokenizer_endpoint_signal_checks_how_the_prompt_was_rendered(tmp
             run_lm(parse_config(config), runs_dir=tmp_path / "runs2", cache_root=tmp_path / "cache")
         sent = [r.body for r in server.requests if r.body and "prompt" in r.body]
     assert sent and all(body["prompt"].endswith("A:") for body in sent)  # rendered client-side
+
+
+def test_cross_tokenizer_with_the_teachers_own_tokenizer_warns_about_the_slower_path(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    config = _config(teacher, prompts)
+    config["student"] = {"keep_layers": 2, "calibration_texts": 4}
+    with pytest.raises(RuntimeError, match="stopped early"):
+        run_lm(parse_config(config), runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache", stop_after=1)
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["student_tokenizer"]["cross"] is False
+    assert any("the student's tokenizer is the teacher's" in w for w in manifest["warnings"])
+    # one tokenizer: the same cuts on both sides, so no 1:n or n:1 chunk; pieces of one character (the tiny
+    # teacher's random answers split multi-byte characters) stay together as n:m chunks
+    assert set(manifest["alignment"]["kinds"]) <= {"1:1", "n:m"} and manifest["alignment"]["exact_share"] > 0.5
