@@ -409,7 +409,7 @@ def choose_student_tokenizer(run: LMRun, teacher: Teacher, train_rows: list[dict
     if not cross and cfg.distill.cross_tokenizer is not None:
         run.warn(
             "the student's tokenizer is the teacher's: distill.cross_tokenizer aligns by bytes all the same "
-            "(every chunk 1:1; hybrid then equals the divergence), at ~1.4x the step time of the token-id path "
+            "(every chunk 1:1; hybrid then equals the divergence), at ~1.4-1.9x the step time of the token-id path "
             "that a config without cross_tokenizer takes"
         )
     run.student_tokenizer = tokenizer
