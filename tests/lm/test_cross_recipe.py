@@ -96,7 +96,12 @@ def test_cross_tokenizer_run_compares_sft_uld_and_hybrid_per_byte(tmp_path, tiny
     uld = AutoModelForCausalLM.from_pretrained(d / "student_cross-uld")
     tok = AutoTokenizer.from_pretrained(d / "student")
     assert student.config.vocab_size == len(tok) == 320
+    sft = AutoModelForCausalLM.from_pretrained(d / "student_sft")
     assert not torch.equal(student.lm_head.weight, uld.lm_head.weight)
+    assert not torch.equal(sft.lm_head.weight, uld.lm_head.weight)
+    # each comparison arm is its own model, trained from the same start (not one model trained twice)
+    evals = {name: json.loads((d / f"eval_student_{name}.json").read_text()) for name in ("sft", "cross-uld")}
+    assert evals["sft"]["bits_per_byte"] != evals["cross-uld"]["bits_per_byte"]
     # the teacher's signal is the agnostic one (byte spans), and the student's tokenizer is another one
     signal = ByteSignal(manifest["teacher_signal"])
     assert signal.store.layout.name == "bytes" and len(signal) == 9

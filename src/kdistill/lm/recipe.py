@@ -620,7 +620,7 @@ def train_arms(
     global_batch = t.micro_batch_size * t.grad_accum * run.procs.num_processes
     steps = max(1, math.ceil(t.epochs * len(examples) / global_batch))
     evaluate = held_out_perplexity(run, teacher, eval_rows) if t.eval_every is not None else None
-    # the first arm trains the initial student itself; the comparison arm starts from a copy of it
+    # the first arm trains the initial student itself; every comparison arm starts from a copy of it
     pristine = copy.deepcopy(student) if len(kinds) > 1 else None
     arms = {}
     for kind in kinds:
@@ -628,7 +628,8 @@ def train_arms(
         out_dir = run.run_dir / (
             "student" if first else "student_sft" if kind == "none" else f"student_{kind}"
         )
-        start = student if first else pristine
+        # each comparison arm trains its own copy: training is in place, and arms must not share a model
+        start = student if first else copy.deepcopy(pristine)
         arms[kind] = train_arm(
             run, kind, start, teacher, examples, steps, out_dir, signal_dir, evaluate, stop_after
         )
@@ -745,7 +746,9 @@ def make_objective(
         assert signal_dir is not None
         source: CachedTeacher | OnlineTeacher = CachedTeacher(TeacherSignal(signal_dir))
     else:
-        source = OnlineTeacher(teacher.model, dtype=getattr(torch, cfg.distill.teacher_dtype))
+        # fsdp shards the online teacher in place: train on a copy, the main process evaluates teacher.model
+        model = copy.deepcopy(teacher.model) if cfg.train.parallel == "fsdp" else teacher.model
+        source = OnlineTeacher(model, dtype=getattr(torch, cfg.distill.teacher_dtype))
     return TokenDistillObjective(
         student,
         cfg.distill,
