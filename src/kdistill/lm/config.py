@@ -145,6 +145,16 @@ class LMTrainConfig(Strict):
         ge=1,
         description="optimizer steps between held-out perplexity checks logged to the history (null: none)",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="several processes: ddp = each holds the whole student and optimizer; fsdp = FSDP2 shards "
+        "the student per decoder layer, its gradients and optimizer state (and an online teacher) over them, "
+        "with sharded checkpoints (torch.distributed.checkpoint)",
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each decoder layer's activations in backward (less memory, ~1/3 more compute)",
+    )
 
 
 class LMEvaluationConfig(Strict):

@@ -50,6 +50,7 @@ __all__ = [
     "Objective",
     "OnlineTeacher",
     "SFTObjective",
+    "TeacherBackbone",
     "TokenDistillObjective",
     "backbone_and_head",
     "plain_head",
@@ -138,6 +139,25 @@ class CachedTeacher:
         return {k: v.to(device) for k, v in rows.items()}
 
 
+class TeacherBackbone(nn.Module):
+    """The teacher's pass up to its last hidden states, as a module of its own that holds the whole model.
+
+    Sharded training (`kdistill.lm.fsdp`) makes it the teacher's FSDP root: its forward all-gathers the
+    parameters outside the decoder layers (embeddings, final norm, head), so the loss can read the whole
+    head weight after it, until `OnlineTeacher.release`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, output_hidden_states: bool) -> Any:
+        backbone, _ = backbone_and_head(self.model)
+        return backbone(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states
+        )
+
+
 class OnlineTeacher:
     """A teacher model run under no_grad each step; `device`/`dtype` let it live apart from the student
     (then on a converted copy). The model is put in eval mode with gradients off."""
@@ -153,6 +173,7 @@ class OnlineTeacher:
             model = copy.deepcopy(model).to(device=device, dtype=dtype)
         self.model = model.eval().requires_grad_(False)
         self.backbone, self.head = backbone_and_head(self.model)
+        self.runner: nn.Module = TeacherBackbone(self.model)  # sharded in place by kdistill.lm.fsdp
 
     @property
     def device(self) -> torch.device:
@@ -160,11 +181,14 @@ class OnlineTeacher:
 
     @torch.no_grad()
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, *, all_layers: bool) -> Any:
-        return self.backbone(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask.to(self.device),
-            output_hidden_states=all_layers,
-        )
+        return self.runner(input_ids.to(self.device), attention_mask.to(self.device), all_layers)
+
+    def release(self) -> None:
+        """Free a sharded teacher's gathered embeddings, norm and head once the loss has read them (an FSDP
+        root keeps them after forward); a no-op for an unsharded teacher."""
+        reshard = getattr(self.runner, "reshard", None)
+        if reshard is not None:
+            reshard()
 
 
 class TokenDistillObjective(Objective):
@@ -290,6 +314,8 @@ class TokenDistillObjective(Objective):
                 target = t_out.hidden_states[t_layer][:, :-1].to(projected.device)
                 total = total + hidden_loss(projected, target, mask=mask, reduction="sum")
             terms[f"hidden/{s.hidden.loss}"] = s.hidden.weight * total
+        if isinstance(self.teacher, OnlineTeacher):
+            self.teacher.release()
         return terms
 
     # -- on-policy ------------------------------------------------------------------------------------
@@ -298,11 +324,14 @@ class TokenDistillObjective(Objective):
         s = self.cfg
         if s.on_policy_fraction == 0 or random.Random(f"{self.seed}:{step}").random() >= s.on_policy_fraction:
             return micro_batches
-        return [self._student_samples(b) for b in micro_batches]
+        return [self.sample_answers(b) for b in micro_batches]
 
     @torch.no_grad()
-    def _student_samples(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """The batch's prompts answered by the student itself; the loss covers the sampled tokens."""
+    def sample_answers(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch's prompts answered by the student itself; the loss covers the sampled tokens.
+
+        Under FSDP this method is registered as a forward of the objective (the root), so its embeddings
+        and head are gathered while the student generates."""
         prompts = []
         for ids, labels, keep in zip(
             batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True

@@ -26,6 +26,13 @@ window are summed over processes (one all-reduce), each process scales its loss 
 num_processes / window tokens, and DDP's gradient average turns that into exactly the one-process
 gradient. So 2 processes with grad_accum 1 and 1 process with grad_accum 2 take the same steps.
 Only the main process writes checkpoints, evaluates and saves the model.
+
+`train.parallel: fsdp` shards instead of replicating (`kdistill.lm.fsdp`): the objective is sharded with
+FSDP2 before the optimizer is built, micro-batches before a window's last skip the gradient reduce-scatter
+(as DDP's no_sync), the gradient norm is taken over the shards, checkpoints are sharded
+(`save_sharded_training_state`: every process writes its part) and the finished student is gathered into
+one plain model on the main process to evaluate and save. The same window arithmetic holds, so FSDP over 2
+processes takes the steps of 1 process with accumulation too.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import GradientAccumulationPlugin, gather_object
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, gather_object
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -51,7 +58,12 @@ from kdistill.io import atomic_write_text
 from kdistill.lm.config import LMTrainConfig, LoraConfig
 from kdistill.lm.objectives import LOGGED_ONLY, Objective, SFTObjective
 from kdistill.lm.sft_data import collate, count_response_tokens
-from kdistill.runs.checkpoint import restore_training_state, save_training_state
+from kdistill.runs.checkpoint import (
+    restore_sharded_training_state,
+    restore_training_state,
+    save_sharded_training_state,
+    save_training_state,
+)
 from kdistill.runs.schedule import lr_scheduler
 from kdistill.runs.steps import TrainingDiverged, batch_indices
 
@@ -223,10 +235,34 @@ def train_objective(
         raise ValueError("no training examples")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    accelerator = _make_accelerator(cfg.mixed_precision)
+    fsdp = cfg.parallel == "fsdp"
+    # under FSDP its MixedPrecisionPolicy casts, not accelerate's autocast
+    accelerator = _make_accelerator("no" if fsdp else cfg.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError(
+            "accelerate's FSDP plugin (--use_fsdp, distributed_type: FSDP) is not how kdistill shards: launch "
+            "with a multi-process config (examples/accelerate/*.yaml) and set train.parallel: fsdp"
+        )
     if lora is not None:
+        if fsdp:
+            raise ValueError(
+                "train.parallel fsdp does not train LoRA adapters (student.lora): use ddp, or drop lora"
+            )
         objective.student = attach_lora(objective.student, lora)
+    if fsdp:
+        from kdistill.lm.fsdp import process_mesh, shard_objective
+
+        shard_objective(
+            objective,
+            mesh=process_mesh(accelerator.device),
+            mixed_precision=cfg.mixed_precision,
+            activation_checkpointing=cfg.activation_checkpointing,
+        )
+    elif cfg.activation_checkpointing:
+        objective.student.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     optimizer = _make_optimizer(objective, cfg)
     scheduler = lr_scheduler(
         optimizer,
@@ -235,24 +271,34 @@ def train_objective(
         schedule=cfg.schedule,
         min_lr_ratio=cfg.min_lr_ratio,
     )
-    model, optimizer = accelerator.prepare(objective, optimizer)
-    plain: Objective = accelerator.unwrap_model(model)
+    if fsdp:
+        model, plain = objective, objective
+    else:
+        model, optimizer = accelerator.prepare(objective, optimizer)
+        plain = accelerator.unwrap_model(model)
     params = [p for p in plain.parameters() if p.requires_grad]
     log_every = cfg.log_every or max(1, steps // 20)
 
     start, history = 0, []
     running: dict[str, Any] = {"terms": {}, "tokens": 0}  # sums since the last log entry (all processes)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    resumed = restore_training_state(
-        ckpt_dir, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world
-    )
+    if fsdp:
+        resumed = restore_sharded_training_state(
+            ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world
+        )
+    else:
+        resumed = restore_training_state(
+            ckpt_dir, optimizer=optimizer, scheduler=scheduler, rank=rank, world=world
+        )
+        if resumed is not None:
+            _load_trainable_state(plain, resumed[1]["model"])
     if resumed is not None:
         start, state = resumed
-        _load_trainable_state(plain, state["model"])
         history, running = state["history"], state["running"]
 
     window = cfg.micro_batch_size * cfg.grad_accum * world
     done = start
+    gathered: nn.Module | None = None  # fsdp: the student gathered for the last evaluation
     model.train()
     for step in range(start, steps):
         # lr: the scheduler has already set this step's lr on the optimizer.
@@ -265,12 +311,18 @@ def train_objective(
         )
 
         # step + accumulate
-        window_terms = _accumulate(accelerator, model, micro_batches, window_tokens, step=step, lr=cfg.lr)
+        window_terms = _accumulate(
+            accelerator, model, micro_batches, window_tokens, step=step, lr=cfg.lr, sharded=fsdp
+        )
 
         # clip
         grad_norm = None
         if cfg.grad_clip is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
+            if fsdp:  # the norm over all shards (a DTensor reduced across processes)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            else:
+                grad_norm = float(accelerator.clip_grad_norm_(params, cfg.grad_clip))
             # fp16's loss scaler expects an inf norm now and then, and skips that step itself
             if not math.isfinite(grad_norm) and cfg.mixed_precision != "fp16":
                 raise TrainingDiverged(
@@ -301,10 +353,14 @@ def train_objective(
 
         # eval / checkpoint
         if evaluate is not None and (done == steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+            model.eval()
+            if fsdp:  # collective; the plain model on the main process
+                student = gathered = _gathered_student(plain, accelerator.is_main_process)
+            else:
+                student = plain.student
             if accelerator.is_main_process:
-                model.eval()
-                entry["eval"] = dict(evaluate(plain.student))
-                model.train()
+                entry["eval"] = dict(evaluate(student))
+            model.train()
             accelerator.wait_for_everyone()
         if len(entry) > 1:
             history.append(entry)
@@ -312,14 +368,28 @@ def train_objective(
                 on_log(entry)
         if ckpt_dir is not None and done % cfg.checkpoint_every == 0 and done < steps:
             _save_resume_point(
-                accelerator, ckpt_dir, done, plain, optimizer, scheduler, history=history, running=running
+                accelerator,
+                ckpt_dir,
+                done,
+                plain,
+                optimizer,
+                scheduler,
+                sharded=fsdp,
+                history=history,
+                running=running,
             )
         if stop_after is not None and done >= stop_after and done < steps:
             break
 
     model.eval()
-    # the caller gets its student back without accelerate's autocast wrapper around forward
-    final: nn.Module = accelerator.unwrap_model(model, keep_fp32_wrapper=False).student
+    if fsdp:
+        # the main process gets the gathered plain student; the others keep their shards of it
+        if done == steps and gathered is None:  # not gathered for the last evaluation already
+            gathered = _gathered_student(plain, accelerator.is_main_process)
+        final: nn.Module = gathered if done == steps and gathered is not None else plain.student
+    else:
+        # the caller gets its student back without accelerate's autocast wrapper around forward
+        final = accelerator.unwrap_model(model, keep_fp32_wrapper=False).student
     if done < steps:
         return SFTResult(model=final, history=history, steps_done=done, finished=False)
     saved = None
@@ -341,18 +411,25 @@ def _accumulate(
     *,
     step: int,
     lr: float,
+    sharded: bool = False,
 ) -> dict[str, float]:
     """Backpropagate one optimizer step's micro-batches; the window's loss sums per term, all processes.
 
-    Each micro-batch adds its loss sums / the window's token count (x processes, which DDP's gradient
-    average divides out again), so the gradient does not depend on how the window is split.
+    Each micro-batch adds its loss sums / the window's token count (x processes, which DDP's or FSDP's
+    gradient average divides out again), so the gradient does not depend on how the window is split.
     """
     world = accelerator.num_processes
     window_terms: dict[str, float] = {}
     for k, batch in enumerate(micro_batches):
         batch = {key: v.to(accelerator.device) if isinstance(v, Tensor) else v for key, v in batch.items()}
         # gradients are all-reduced once per window, after its last micro-batch
-        sync = accelerator.no_sync(model) if k < len(micro_batches) - 1 else contextlib.nullcontext()
+        last = k == len(micro_batches) - 1
+        if sharded:
+            from kdistill.lm.fsdp import gradient_sync
+
+            sync = gradient_sync(model, last)
+        else:
+            sync = accelerator.no_sync(model) if not last else contextlib.nullcontext()
         with sync:
             terms = model(batch)
             total = sum(v for name, v in terms.items() if not name.startswith(LOGGED_ONLY))
@@ -382,12 +459,27 @@ def _save_resume_point(
     plain: Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    *,
+    sharded: bool,
     **progress: Any,
 ) -> None:
-    """The main process writes the checkpoint, with every process's RNG state (dropout differs per rank)."""
+    """The main process writes the checkpoint, with every process's RNG state (dropout differs per rank);
+    sharded, every process writes its shards of the model and optimizer too."""
     rng_states = [torch.get_rng_state()]
     if accelerator.num_processes > 1:
         rng_states = [t for per_rank in gather_object([rng_states]) for t in per_rank]
+    if sharded:
+        save_sharded_training_state(
+            ckpt_dir,
+            done,
+            model=plain,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            rng=rng_states,
+            is_main=accelerator.is_main_process,
+            **progress,
+        )
+        return
     if accelerator.is_main_process:
         save_training_state(
             ckpt_dir,
@@ -399,6 +491,12 @@ def _save_resume_point(
             **progress,
         )
     accelerator.wait_for_everyone()
+
+
+def _gathered_student(objective: Objective, main: bool) -> nn.Module | None:
+    from kdistill.lm.fsdp import consolidated_student
+
+    return consolidated_student(objective, main=main)
 
 
 def _collate_rows(examples: Sequence[Mapping[str, Any]], rows: Sequence[int], pad_token_id: int) -> dict:

@@ -5,6 +5,11 @@ optimizer state dicts, RNG states, the data position). Tensors go to `tensors.sa
 to `state.json`, so loading never unpickles anything. A checkpoint is a directory `step-<N>` written under a
 temporary name and renamed into place; `latest` names the newest complete one and is itself replaced
 atomically, so a kill at any instant leaves a loadable checkpoint.
+
+Sharded training (FSDP) saves with `torch.distributed.checkpoint` instead (`save_sharded_training_state`):
+every process writes its own shards of the model and optimizer into the same `step-<N>` directory (a shared
+filesystem), the main process adds the rest (scheduler, every process's RNG, the loop's progress) in the
+format above under `progress/`, and renames the directory into place once all shards are written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from kdistill.io import atomic_write_text
 
 TENSORS = "tensors.safetensors"
 STRUCTURE = "state.json"
+PROGRESS = "progress"  # inside a sharded checkpoint: the main process's part, in the format above
 
 
 def flatten_state(state: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -75,19 +81,30 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(directory: Path, step: int, state: Any, *, keep: int = 2) -> Path:
     """Write `directory/step-<step>` atomically, point `latest` at it, keep the newest `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:09d}"
     tmp = directory / f".tmp-step-{step:09d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    write_state_files(tmp, step, state)
+    return publish_checkpoint(directory, tmp, step, keep=keep)
+
+
+def write_state_files(path: Path, step: int, state: Any) -> None:
+    """`state` as tensors.safetensors + state.json in the existing directory `path`, synced to disk."""
     skeleton, tensors = flatten_state(state)
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / STRUCTURE).write_text(json.dumps({"step": step, "state": skeleton}))
+    save_file(tensors, str(path / TENSORS))
+    (path / STRUCTURE).write_text(json.dumps({"step": step, "state": skeleton}))
     for name in (TENSORS, STRUCTURE):
-        with open(tmp / name, "rb") as fh:
+        with open(path / name, "rb") as fh:
             os.fsync(fh.fileno())
+
+
+def publish_checkpoint(directory: Path, written: Path, step: int, *, keep: int = 2) -> Path:
+    """Rename the complete checkpoint `written` to `directory/step-<step>`, point `latest` at it, keep the
+    newest `keep`."""
+    final = directory / f"step-{step:09d}"
     if final.exists():  # a re-save of the same step (e.g. after resuming exactly there)
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    os.replace(written, final)
     atomic_write_text(directory / "latest", final.name)
     for old in sorted(directory.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -144,10 +161,98 @@ def restore_training_state(
     """Load the latest resume point written by `save_training_state`: restores optimizer, scheduler and the
     RNGs, and returns (step, state) for the caller to load `state["model"]` and its progress keys; None when
     there is nothing to resume. A resume with another process count reuses the first process's RNG state."""
-    if directory is None or (found := load_latest_checkpoint(directory)) is None:
+    if directory is None or not (directory / "latest").is_file():
         return None
-    step, state = found
+    path = directory / (directory / "latest").read_text().strip()
+    if not (path / STRUCTURE).is_file() and (path / PROGRESS).is_dir():
+        raise ValueError(
+            f"{path} is a sharded checkpoint (written with train.parallel fsdp): resume with fsdp, or start "
+            "in a new run directory"
+        )
+    step, state = load_checkpoint(path)
     optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng_states = state["torch_rng"]
+    torch.set_rng_state(rng_states[rank] if len(rng_states) == world else rng_states[0])
+    if torch.cuda.is_available() and state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return step, state
+
+
+def save_sharded_training_state(
+    directory: Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng: list[torch.Tensor],
+    is_main: bool,
+    keep: int = 2,
+    **progress: Any,
+) -> Path:
+    """The resume point of sharded (FSDP) training; every process calls it (it is collective).
+
+    Each process writes its shards of the model's and the optimizer's state with
+    `torch.distributed.checkpoint` (DCP, keyed by parameter name, so a resume may use another process
+    count); the main process writes the scheduler, `rng` (one torch RNG state per process, gathered by the
+    caller) and `progress` under `progress/`, then renames the directory into place: a kill at any instant
+    leaves the previous checkpoint or the new one, complete. `directory` must be shared by all processes.
+    """
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    tmp = directory / f".tmp-step-{step:09d}"  # one name for every process: they write into it together
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(tmp))
+    final = directory / f"step-{step:09d}"
+    if is_main:  # dcp.save returned: every process's shards and the metadata are written
+        (tmp / PROGRESS).mkdir()
+        state = {
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": rng,
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **progress,
+        }
+        write_state_files(tmp / PROGRESS, step, state)
+        publish_checkpoint(directory, tmp, step, keep=keep)
+    dist.barrier()
+    return final
+
+
+def restore_sharded_training_state(
+    directory: Path | None,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rank: int,
+    world: int,
+) -> tuple[int, dict[str, Any]] | None:
+    """Load the latest `save_sharded_training_state` checkpoint into the sharded `model` and `optimizer`
+    (collective), restore the scheduler and this process's RNG, and return (step, progress); None when
+    there is nothing to resume. Another process count reuses the first process's RNG state."""
+    if directory is None or not (directory / "latest").is_file():
+        return None
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = directory / (directory / "latest").read_text().strip()
+    if not (path / ".metadata").is_file():
+        raise ValueError(
+            f"{path} is not a sharded checkpoint (written with train.parallel ddp?): resume with the "
+            "train.parallel that wrote it, or start in a new run directory"
+        )
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    loaded = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(loaded, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    step, state = load_checkpoint(path / PROGRESS)
     scheduler.load_state_dict(state["scheduler"])
     rng_states = state["torch_rng"]
     torch.set_rng_state(rng_states[rank] if len(rng_states) == world else rng_states[0])
