@@ -41,6 +41,13 @@ def capture_command(
             "that a student with any tokenizer can learn from (same as cross_tokenizer: true in the config)",
         ),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/N: run part i (from 0) of N of the teacher's batches into a store of its own, for N jobs "
+            "of a cluster array (same as shard: i/N in the config); read the parts with TeacherSignal([DIR, ...])"
+        ),
+    ] = None,
 ) -> None:
     """Run the teacher once over a tokenized dataset; store its top-k log-probabilities per token.
 
@@ -67,6 +74,8 @@ def capture_command(
 
     Rerun the same command after a crash or Ctrl-C: committed shards are kept, only missing examples are computed.
 
+    Many processes: torchrun --nproc_per_node 2 -m kdistill.cli capture capture.yaml (the processes split the work, one store).
+
     Output: a store directory (safetensors shards + manifest.json), printed last; read it with kdistill.lm.signal_store.TeacherSignal(DIR).
 
     Exit codes: 0 done, 2 user error, 130 interrupted.
@@ -76,7 +85,12 @@ def capture_command(
 
     try:
         cfg = load_capture_config(
-            config, [*(overrides or []), *(["cross_tokenizer=true"] if cross_tokenizer else [])]
+            config,
+            [
+                *(overrides or []),
+                *(["cross_tokenizer=true"] if cross_tokenizer else []),
+                *_shard_override(shard),
+            ],
         )
     except ConfigError as err:
         raise fail(str(err), "`kdistill capture --help` shows an example config") from None
@@ -96,6 +110,8 @@ def capture_command(
         # ValueError: tokenizer mismatch, bad rows, or transformers saying a model directory is unusable
         raise fail(str(err).strip("'\"")) from None
 
+    if not _reports():
+        return  # under torchrun the main process reports for all
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -118,6 +134,25 @@ def capture_command(
     for note in getattr(ep, "notes", None) or []:  # a conversion by bytes says what it could not use
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     typer.echo(str(result.store_dir))
+
+
+def _shard_override(shard: str | None) -> list[str]:
+    """--shard i/N as the override shard=i/N, checked here so that its error names the flag."""
+    from kdistill.runs.sharding import ShardSpecError, parse_shard
+
+    if shard is None:
+        return []
+    try:
+        return [f"shard={parse_shard(shard, flag='--shard')}"]
+    except ShardSpecError as err:
+        raise fail(str(err), "e.g. --shard 0/4 ... --shard 3/4 for 4 jobs") from None
+
+
+def _reports() -> bool:
+    """Whether this process prints the result: always, but under torchrun only rank 0."""
+    from kdistill.lm.capture_recipe import process_rank
+
+    return process_rank() == 0
 
 
 class _ProgressView:

@@ -32,7 +32,11 @@ def generate_command(
         Path | None, typer.Option(help="output directory (rerun the same command to resume)")
     ] = None,
     base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+        list[str] | None,
+        typer.Option(
+            help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat it for several servers "
+            "of the same model (requests go to the least busy one; record ids then name no server)"
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name the endpoint serves")] = None,
     hf_model: Annotated[
@@ -73,6 +77,13 @@ def generate_command(
         bool | None,
         typer.Option("--retry-rejects", help="ask again for rejected records", show_default=False),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/N: only the records of part i (from 0) of N, by a hash of the record id, for N jobs of "
+            "a cluster array; give each its own --out and read them together: load_generations([DIR, ...])"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Have a teacher answer every prompt; the answers become a dataset (resumable, exactly once).
@@ -102,8 +113,7 @@ def generate_command(
     teacher: dict[str, Any] = {}
     if hf_model is not None:
         teacher.update(kind="hf_local", model=hf_model)
-    if base_url is not None:
-        teacher.update(kind="openai", base_url=base_url)
+    _put_servers(teacher, base_url)
     _put(teacher, model=model, api=api, api_key_env=api_key_env, gguf_file=gguf_file)
     sampling: dict[str, Any] = {}
     _put(
@@ -129,6 +139,7 @@ def generate_command(
         overrides["teacher"] = teacher
     if sampling:
         overrides["sampling"] = sampling
+    _put_shard(overrides, shard)
 
     try:
         cfg = load_generation_config(config, overrides)
@@ -176,6 +187,29 @@ def generate_command(
         raise typer.Exit(code=EXIT_MISSING)
 
 
+def _put_shard(overrides: dict[str, Any], shard: str | None) -> None:
+    """--shard i/N, checked here so that its error names the flag."""
+    from kdistill.runs.sharding import ShardSpecError, parse_shard
+
+    if shard is None:
+        return
+    try:
+        overrides["shard"] = str(parse_shard(shard, flag="--shard"))
+    except ShardSpecError as err:
+        raise fail(str(err), "e.g. --shard 0/4 ... --shard 3/4 for 4 jobs") from None
+
+
+def _put_servers(teacher: dict[str, Any], base_urls: list[str] | None) -> None:
+    """--base-url once: teacher.base_url (one server, as always); repeated: teacher.endpoints (a pool)."""
+    if not base_urls:
+        return
+    teacher["kind"] = "openai"
+    if len(base_urls) == 1:
+        teacher["base_url"] = base_urls[0]
+    else:
+        teacher["endpoints"] = [{"base_url": url} for url in base_urls]
+
+
 def _put(target: dict[str, Any], **values: Any) -> None:
     target.update({k: v for k, v in values.items() if v is not None})
 
@@ -193,7 +227,7 @@ class _ProgressView:
             TimeRemainingColumn,
         )
 
-        self.progress = Progress(
+        self.progress = _with_endpoint_lines(Progress)(
             TextColumn("[bold]generate"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -218,6 +252,7 @@ class _ProgressView:
             "rejects": stats.rejected,
             "errors": stats.errors,
         }
+        self.progress.endpoint_lines = [_endpoint_line(e) for e in getattr(stats, "endpoints", ())]
         if self.task is None:  # rows done before this run must not count towards the speed (ETA)
             self.progress.start()
             self.task = self.progress.add_task("generate", total=stats.total, completed=stats.done, **fields)
@@ -227,6 +262,37 @@ class _ProgressView:
     def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
+
+
+def _with_endpoint_lines(progress_class: Any) -> Any:
+    """`progress_class` that shows one line per server of a pool under its bars (rich's documented way
+    to add renderables: override `get_renderables`)."""
+
+    class ProgressWithEndpoints(progress_class):
+        endpoint_lines: list[str] = []
+
+        def get_renderables(self) -> Any:
+            yield from super().get_renderables()
+            if self.endpoint_lines:
+                from rich.text import Text
+
+                yield Text.from_markup("\n".join(self.endpoint_lines))
+
+    return ProgressWithEndpoints
+
+
+def _endpoint_line(status: Any) -> str:
+    """One server of a pool: URL, health, answer rate, requests in flight (of its cap), sent / failed."""
+    from rich.markup import escape
+
+    health = {"up": "[green]up[/]", "probing": "[yellow]probing[/]", "down": "[red]down[/]"}[status.state]
+    if status.state == "down" and status.retry_in_s is not None:
+        health += f" (probe in {status.retry_in_s:.0f} s)"
+    cap = "" if status.concurrency is None else f"/{status.concurrency}"
+    return (
+        f"  {escape(status.url)}  {health}  {status.rate:.1f} req/s  in flight {status.outstanding}{cap}  "
+        f"answered {status.answered}  failed {status.failed}"
+    )
 
 
 def _summary_table(summary: Any) -> Any:
@@ -251,6 +317,11 @@ def _summary_table(summary: Any) -> Any:
     if summary.cost is not None:
         table.add_row("cost", f"{summary.cost:.4f}")
     table.add_row("time", f"{summary.elapsed_s:.1f} s ({summary.requests / elapsed:.1f} req/s)")
+    for e in getattr(summary, "endpoints", ()):  # the servers of a pool (teacher.endpoints)
+        table.add_row(
+            f"server {e['url']}",
+            f"{e['answered']} answered, {e['failed']} failed, out of rotation {e['ejections']} times",
+        )
     return table
 
 

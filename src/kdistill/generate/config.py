@@ -11,15 +11,60 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from kdistill.schema import ConfigError, Strict, format_validation_errors, parse_yaml
+
+
+class EndpointConfig(Strict):
+    """One server of a teacher served by several (`teacher.endpoints`); a plain URL string is accepted too."""
+
+    base_url: str = Field(description="the server's base URL, up to and including /v1")
+    concurrency: int | None = Field(
+        None, ge=1, description="most requests in flight on this server (null = no cap of its own)"
+    )
+    weight: float = Field(
+        1.0, gt=0, description="share of the load: requests go where outstanding / weight is least"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_alone(cls, data: Any) -> Any:
+        return {"base_url": data} if isinstance(data, str) else data
+
+
+class EndpointHealthConfig(Strict):
+    """When a server of `teacher.endpoints` is taken out of rotation and probed back."""
+
+    failures_to_eject: int = Field(
+        3,
+        ge=1,
+        description="consecutive timeouts or 5xx that take a server out (a connection error: at once)",
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, description="first time out of rotation; doubles with each ejection in a row"
+    )
+    max_backoff_s: float = Field(60.0, gt=0, description="longest time out of rotation before a probe")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EndpointHealthConfig:
+        if self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"max_backoff_s: expected at least backoff_s ({self.backoff_s})")
+        return self
 
 
 class OpenAITeacherConfig(Strict):
     kind: Literal["openai"] = Field("openai", description="an OpenAI-compatible HTTP endpoint")
     base_url: str = Field(
         "http://127.0.0.1:8000/v1", description="the endpoint's base URL, up to and including /v1"
+    )
+    endpoints: list[EndpointConfig] | None = Field(
+        None,
+        description="several servers of the same model instead of base_url: each a URL or {base_url, "
+        "concurrency, weight}; record ids then name no server (null = the one base_url)",
+    )
+    endpoint_health: EndpointHealthConfig = Field(
+        default_factory=EndpointHealthConfig, description="with endpoints: ejection and probing of a server"
     )
     model: str | None = Field(None, description="model name the endpoint serves (required)")
     api_key_env: str | None = Field(
@@ -47,6 +92,25 @@ class OpenAITeacherConfig(Strict):
         "pkg:<name>) and send the text through /completions, so that the prompt the teacher answered is "
         "known (the student's, for distillation); null = the server applies its own template",
     )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _distinct_endpoints(cls, endpoints: list[EndpointConfig] | None) -> list[EndpointConfig] | None:
+        if endpoints is None:
+            return None
+        if not endpoints:
+            raise ValueError("expected at least one endpoint (or leave endpoints out and set base_url)")
+        urls = [e.base_url.rstrip("/") for e in endpoints]
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        if twice:
+            raise ValueError(f"a server is listed twice: {', '.join(twice)}")
+        return endpoints
+
+    @model_validator(mode="after")
+    def _base_url_or_endpoints(self) -> OpenAITeacherConfig:
+        if self.endpoints is not None and "base_url" in self.model_fields_set:
+            raise ValueError("endpoints: give either base_url (one server) or endpoints (several), not both")
+        return self
 
     @model_validator(mode="after")
     def _render_needs_completions(self) -> OpenAITeacherConfig:
@@ -139,6 +203,11 @@ class GenerationConfig(Strict):
         50, ge=1, description="stop the run after this many requests in a row end in errors (null = never)"
     )
     shard_rows: int = Field(10_000, ge=1, description="rows per immutable shard")
+    shard: str | None = Field(
+        None,
+        description="'i/N' (from 0): request only the records of part i of N (by a hash of the record id), "
+        "for N jobs of a cluster array; give each job its own `out` (null = every record)",
+    )
     price_input_per_1m: float | None = Field(
         None, ge=0, description="price per 1M prompt tokens (for the cost)"
     )
@@ -152,6 +221,13 @@ class GenerationConfig(Strict):
         if isinstance(data, dict) and isinstance(data.get("teacher"), dict) and "kind" not in data["teacher"]:
             data = {**data, "teacher": {"kind": "openai", **data["teacher"]}}
         return data
+
+    @model_validator(mode="after")
+    def _shard_spec(self) -> GenerationConfig:
+        from kdistill.runs.sharding import parse_shard
+
+        parse_shard(self.shard, flag="shard")  # a ShardSpecError is a ValueError: a validation error
+        return self
 
     @model_validator(mode="after")
     def _required(self) -> GenerationConfig:
@@ -195,6 +271,10 @@ def load_generation_config(
         raise ConfigError(message) from None
 
 
+#: the teacher keys that name its servers: an override of one replaces all of them
+SERVER_KEYS = frozenset({"base_url", "endpoints"})
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -203,6 +283,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
             if value.get("kind", old.get("kind", "openai")) != old.get("kind", "openai"):
                 merged[key] = dict(value)  # another kind of teacher: the file's settings do not apply
                 continue
+            if SERVER_KEYS & value.keys():  # servers given (--base-url) replace the file's, not add to them
+                old = {k: v for k, v in old.items() if k not in SERVER_KEYS}
         if isinstance(old, dict) and isinstance(value, dict):
             merged[key] = _merge(old, value)
         else:

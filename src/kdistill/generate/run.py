@@ -28,6 +28,10 @@ endpoint teacher): by the server's own chat template, as plain text, or by a cha
 **Seeds.** With `sampling.seed`, request i of a prompt is sent with seed + (its first sample index),
 so samples differ from each other yet are reproducible.
 
+**Shards.** With `shard: i/N` a run plans only the records whose id hashes to part i
+(`kdistill.runs.sharding`): N jobs, each with its own `out`, fill disjoint directories that
+`load_generations([...])` reads as one.
+
 **Secrets.** The API key is read from the environment variable named in the config, passed to the
 openai client only, and scrubbed from every string written to the output directory (rows, rejects,
 errors, manifest) in case a server echoes it.
@@ -100,6 +104,8 @@ class GenerationStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    # per server of a pool (teacher.endpoints): `EndpointStatus` snapshots, refreshed at every event
+    endpoints: list[Any] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -132,6 +138,7 @@ class GenerationSummary:
     rows_without_logprobs: int
     notes: list[str]
     recovery: dict[str, Any]
+    endpoints: list[dict[str, Any]] = field(default_factory=list)  # per server of a pool, at the end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +187,8 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
         from kdistill.generate.teachers.openai_endpoint import OpenAIEndpointTeacher
 
         key = os.environ.get(t.api_key_env) if t.api_key_env else None
+        if t.endpoints is not None:
+            return _endpoint_pool(t, key or None, sampling), key or None
         teacher = OpenAIEndpointTeacher(
             base_url=t.base_url,
             model=t.model or "",
@@ -232,6 +241,35 @@ def _template_tokenizer(ref: str) -> Any:
             f"teacher.render_with {ref!r}: the tokenizer has no chat template to render with"
         )
     return tokenizer
+
+
+def _endpoint_pool(t: OpenAITeacherConfig, key: str | None, sampling: SamplingParams) -> Teacher:
+    """An `EndpointPool` of one endpoint teacher per `teacher.endpoints` entry (teachers/pool.py)."""
+    from kdistill.generate.teachers.openai_endpoint import OpenAIEndpointTeacher
+    from kdistill.generate.teachers.pool import EndpointPool, PoolMember
+
+    tokenizer = None if t.render_with is None else _template_tokenizer(t.render_with)
+    members = [
+        PoolMember(
+            OpenAIEndpointTeacher(
+                base_url=e.base_url,
+                model=t.model or "",
+                api_key=key,
+                sampling=sampling,
+                api="chat" if t.api == "auto" else t.api,
+                timeout_s=t.timeout_s,
+                send_org_headers=t.send_org_headers,
+                template_tokenizer=tokenizer,
+            ),
+            concurrency=e.concurrency,
+            weight=e.weight,
+        )
+        for e in t.endpoints or ()
+    ]
+    h = t.endpoint_health
+    return EndpointPool(
+        members, failures_to_eject=h.failures_to_eject, backoff_s=h.backoff_s, max_backoff_s=h.max_backoff_s
+    )
 
 
 def generate(
@@ -344,6 +382,13 @@ class _Run:
                     "(plain prompts only); use api: chat, or teacher.render_with to render chats here"
                 )
 
+    def _in_shard(self, rid: str) -> bool:
+        """Whether this job asks for record `rid`: all records, or those of `config.shard` (by id hash)."""
+        from kdistill.runs.sharding import parse_shard
+
+        shard = parse_shard(self.config.shard, flag="shard")
+        return shard is None or shard.holds(rid)
+
     def _plan(self) -> list[_WorkItem]:
         samples = self.config.sampling.samples
         per_request = getattr(self.config.teacher, "samples_per_request", 1)
@@ -353,6 +398,8 @@ class _Run:
             missing: list[tuple[int, str]] = []
             for i in range(samples):
                 rid = record_id(prompt, self.teacher_id, self.sampling_id, i)
+                if not self._in_shard(rid):
+                    continue  # another job's record (generation.shard)
                 self.wanted.add(rid)
                 if rid in done or (rid in rejected and not self.config.retry_rejects):
                     self.stats.already_done += 1
@@ -361,7 +408,7 @@ class _Run:
             for start in range(0, len(missing), per_request):
                 chunk = missing[start : start + per_request]
                 items.append(_WorkItem(prompt, [i for i, _ in chunk], [r for _, r in chunk]))
-        self.stats.total = len(self.prompts) * samples
+        self.stats.total = len(self.prompts) * samples if self.config.shard is None else len(self.wanted)
         return items
 
     # -- the run
@@ -608,7 +655,14 @@ class _Run:
 
     def _notify(self) -> None:
         if self.progress is not None:
+            self._endpoint_status()
             self.progress(self.stats)
+
+    def _endpoint_status(self) -> list[Any]:
+        """Refresh `stats.endpoints` from a pool (`teachers/pool.py`); a single endpoint has none."""
+        status = getattr(self.teacher, "endpoint_status", None)
+        self.stats.endpoints = status() if status is not None else []
+        return self.stats.endpoints
 
     def _summary(self, recovery: OpenReport) -> GenerationSummary:
         final = self.store.done_ids | self.store.rejected_ids
@@ -651,6 +705,7 @@ class _Run:
             rows_without_logprobs=self.rows_without_logprobs,
             notes=self.notes,
             recovery=asdict(recovery),
+            endpoints=[asdict(e) for e in self._endpoint_status()],
         )
 
 

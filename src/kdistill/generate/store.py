@@ -45,6 +45,10 @@ any rows still in the journal) as a `datasets.Dataset`, sorted by prompt id (num
 then sample index, so the order does not depend on concurrency or crashes. `export_generations(DIR,
 PATH)` writes them to `.jsonl` or `.parquet`.
 
+**Several directories.** The N jobs of a sharded run (`kdistill generate --shard i/N`) each fill their own
+directory; every reader here also takes a list of directories and reads them as one data set, in the same
+order, after checking that no record id is in two of them (the error names both directories and the id).
+
 **Streaming.** `load_generations(DIR, streaming=True)` (a `datasets.IterableDataset`) and
 `iter_generations(DIR)` (plain dicts) give the same rows in the same order without loading the store:
 shards are merged by that order, and a shard is read, checked against its sha256 and sorted only when
@@ -65,7 +69,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -461,11 +465,53 @@ def _journal_only_rows(journal_rows: list[dict[str, Any]], shard_ids: set[str]) 
     return fresh
 
 
-def load_generations_table(out_dir: str | Path, *, include_journal: bool = True):
-    """The committed rows as a pyarrow Table (see `load_generations`)."""
+OutDirs = str | os.PathLike | Sequence[str | os.PathLike]
+"""One output directory, or several read as one (the parts of a sharded run: `--shard i/N`)."""
+
+
+def output_dirs(out_dir: OutDirs) -> list[Path]:
+    """`out_dir` as a list of directories (one, or the several given); none at all is an error."""
+    if isinstance(out_dir, str | os.PathLike):
+        return [Path(out_dir)]
+    dirs = [Path(d) for d in out_dir]
+    if not dirs:
+        raise GenerationStoreError("no output directory given (expected one or more)")
+    return dirs
+
+
+def check_disjoint(ids_by_dir: Sequence[tuple[Path, Iterator[str] | Sequence[str] | set[str]]]) -> None:
+    """Raise `GenerationStoreError` naming both directories and the id when a record id is in two of them.
+
+    The parts of a sharded run never share a record; two that do are the same part twice, or parts of
+    runs that overlap, and reading them as one would train on a row twice.
+    """
+    owner: dict[str, int] = {}
+    for n, (directory, ids) in enumerate(ids_by_dir):
+        for rid in ids:
+            first = owner.setdefault(rid, n)
+            if first != n:
+                raise GenerationStoreError(
+                    f"record {rid} is in both {ids_by_dir[first][0]} and {directory}: the directories "
+                    "overlap (the same shard twice, or runs whose shards overlap); read each record's "
+                    "directory once"
+                )
+
+
+def load_generations_table(out_dir: OutDirs, *, include_journal: bool = True):
+    """The committed rows as a pyarrow Table (see `load_generations`); several directories read as one."""
     import pyarrow as pa
 
-    out_dir = Path(out_dir)
+    dirs = output_dirs(out_dir)
+    if len(dirs) == 1:
+        return _one_table(dirs[0], include_journal)
+    tables = [_one_table(d, include_journal) for d in dirs]
+    check_disjoint([(d, t.column("record_id").to_pylist()) for d, t in zip(dirs, tables, strict=True)])
+    return _in_order(pa.concat_tables(tables))  # a stable sort: equal keys keep the directories' order
+
+
+def _one_table(out_dir: Path, include_journal: bool):
+    import pyarrow as pa
+
     # The journal before the manifest: a row sealed by a concurrent writer in between is then in the
     # shard list we read next, and a row read twice is dropped by record id. Never one missed.
     journal_rows = read_journal(out_dir / JOURNAL)[0] if include_journal else []
@@ -479,14 +525,34 @@ def load_generations_table(out_dir: str | Path, *, include_journal: bool = True)
     return _in_order(table)
 
 
-def iter_generations(out_dir: str | Path, *, include_journal: bool = True) -> Iterator[dict[str, Any]]:
+def iter_generations(out_dir: OutDirs, *, include_journal: bool = True) -> Iterator[dict[str, Any]]:
     """The rows of `load_generations`, in its order, one dict at a time, shard by shard (module docstring).
 
     Nothing is read until the first row is asked for; a shard is verified just before its first row.
+    Several directories: their record ids (journal rows and the shards' id columns) are checked for
+    overlap before the first row, then their streams are merged by the same order.
     """
+    dirs = output_dirs(out_dir)
+    if len(dirs) == 1:
+        yield from _iter_one(dirs[0], include_journal)
+        return
+    check_disjoint([(d, _record_ids(d, include_journal)) for d in dirs])
+    streams = [_iter_one(d, include_journal) for d in dirs]
+    # heapq.merge is stable: equal keys come in the directories' order, as in the eager path
+    yield from heapq.merge(*streams, key=lambda row: _prompt_order_key(row["prompt_id"], row["sample_index"]))
+
+
+def _record_ids(out_dir: Path, include_journal: bool) -> list[str]:
+    """Every record id of a directory, sorted (journal and shards' id columns; unverified: to check overlap)."""
+    ids = {row["record_id"] for row in read_journal(out_dir / JOURNAL)[0]} if include_journal else set()
+    for entry in _read_manifest_of_output(out_dir)["shards"]:
+        ids.update(_unverified_shard_keys(out_dir, entry, with_ids=True).column("record_id").to_pylist())
+    return sorted(ids)
+
+
+def _iter_one(out_dir: Path, include_journal: bool) -> Iterator[dict[str, Any]]:
     import pyarrow as pa
 
-    out_dir = Path(out_dir)
     journal_rows = read_journal(out_dir / JOURNAL)[0] if include_journal else []  # before the manifest
     shards = _read_manifest_of_output(out_dir)["shards"]
     in_journal = {row["record_id"] for row in journal_rows}
@@ -545,8 +611,12 @@ def _unverified_shard_keys(out_dir: Path, entry: dict[str, Any], *, with_ids: bo
         raise
 
 
-def load_generations(out_dir: str | Path, *, include_journal: bool = True, streaming: bool = False):
+def load_generations(out_dir: OutDirs, *, include_journal: bool = True, streaming: bool = False):
     """The committed rows of an output directory as a `datasets.Dataset` (schema: module docstring).
+
+    `out_dir` may be a list of directories (the parts of a `--shard i/N` run): their rows are read as
+    one data set in the same order, after checking that no record id is in two of them
+    (`GenerationStoreError` naming both directories and the id).
 
     Every shard is checked against the sha256 and row count in manifest.json; a mismatch raises
     `GenerationStoreError` naming the file. Rows still in the journal (a run in progress, or one that
@@ -560,16 +630,19 @@ def load_generations(out_dir: str | Path, *, include_journal: bool = True, strea
     import datasets
 
     if streaming:
-        _read_manifest_of_output(Path(out_dir))  # a wrong directory fails here, not at the first row
+        dirs = output_dirs(out_dir)
+        for d in dirs:
+            _read_manifest_of_output(d)  # a wrong directory fails here, not at the first row
         return datasets.IterableDataset.from_generator(
             iter_generations,
             features=datasets.Features.from_arrow_schema(row_schema()),
-            gen_kwargs={"out_dir": str(out_dir), "include_journal": include_journal},
+            # a tuple, not a list: datasets would split a list among shards of the generator
+            gen_kwargs={"out_dir": tuple(str(d) for d in dirs), "include_journal": include_journal},
         )
     return datasets.Dataset(load_generations_table(out_dir, include_journal=include_journal))
 
 
-def export_generations(out_dir: str | Path, path: str | Path) -> Path:
+def export_generations(out_dir: OutDirs, path: str | Path) -> Path:
     """Write the committed rows to `path`: `.jsonl` (one JSON object per row) or `.parquet`, atomically."""
     import pyarrow.parquet as pq
 

@@ -18,7 +18,8 @@ are marked `special` and never map to a student token, so their mass counts as t
 
 The tail mass of a row is 1 - sum(exp(topk_logprobs)); it is not stored because it follows from the row.
 
-Reading for a student: `ByteSignal(dir)` opens the store; `student_ids(tokenizer)` maps every candidate to
+Reading for a student: `ByteSignal(dir)` opens the store (or `ByteSignal([dir, ...])` the parts of a
+sharded capture, whose candidate tables `TeacherSignal` checks are equal byte for byte); `student_ids(tokenizer)` maps every candidate to
 the student token with the same bytes (-1 where there is none); `align_answer(...)` aligns the student's
 tokens of the answer with the stored spans (`kdistill.lm.alignment`).
 """
@@ -115,7 +116,7 @@ class CandidateTable:
 class ByteSignal:
     """A store of layout "bytes" opened for reading: `signal.rows(example_id) -> ByteRows`."""
 
-    def __init__(self, store_dir: str | Path, *, verify: bool = True) -> None:
+    def __init__(self, store_dir: str | Path | Sequence[str | Path], *, verify: bool = True) -> None:
         self.store = TeacherSignal(store_dir, verify=verify)
         if self.store.layout is not BYTES:
             raise TeacherSignalError(

