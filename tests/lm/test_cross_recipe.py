@@ -109,46 +109,15 @@ def test_cross_tokenizer_run_compares_sft_uld_and_hybrid_per_byte(tmp_path, tiny
 
 
 def test_sigkilled_cross_tokenizer_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
+    from tests.lm.kill_helpers import killed_and_rerun_equals_uninterrupted
 
     teacher, prompts = tiny_teacher
     config = _config(teacher, prompts)
     config["train"]["epochs"] = 4
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "KDISTILL_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-
-    def cli(runs):
-        return [sys.executable, "-m", "kdistill.cli", "run", str(cfg_path), "--runs-dir", str(runs)]
-
-    subprocess.run(cli(tmp_path / "reference"), check=True, env=env, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 120
-    while not list(killed.glob("*/jobs/kd-cached/checkpoints/latest")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    (run_dir,) = list(killed.iterdir())
-    assert not (run_dir / "metrics.json").exists()
-
-    again = subprocess.run(cli(killed), env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "continued an unfinished run" in again.stdout
-    (ref_dir,) = list((tmp_path / "reference").iterdir())
-    a = AutoModelForCausalLM.from_pretrained(ref_dir / "student").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(run_dir / "student").state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    killed_and_rerun_equals_uninterrupted(cfg_path, tmp_path, "kd-cached")
 
 
 def test_another_tokenizer_needs_cross_tokenizer_and_the_message_says_so(tmp_path, tiny_teacher):

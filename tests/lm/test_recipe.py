@@ -224,47 +224,15 @@ def test_lm_distill_config_errors_name_the_field():
 def test_sigkilled_white_box_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
     """`kdistill run` with a cached teacher signal, SIGKILLed after its first training checkpoint and rerun:
     the student ends bit-identical to an uninterrupted run's."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import torch
     import yaml
+    from tests.lm.kill_helpers import killed_and_rerun_equals_uninterrupted
 
     teacher, prompts = tiny_teacher
     config = _config(teacher, prompts, epochs=6, checkpoint_every=1).model_dump(mode="json")
     config["distill"] |= {"signal": "cached", "top_k": 8, "divergence": "reverse_kl", "ce_weight": 0.2}
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "KDISTILL_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-
-    def cli(runs):
-        return [sys.executable, "-m", "kdistill.cli", "run", str(cfg_path), "--runs-dir", str(runs)]
-
-    subprocess.run(cli(tmp_path / "reference"), check=True, env=env, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 120
-    while not list(killed.glob("*/jobs/kd-cached/checkpoints/latest")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    (run_dir,) = list(killed.iterdir())
-    assert not (run_dir / "metrics.json").exists() and not (run_dir / "student").exists()
-
-    again = subprocess.run(cli(killed), env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "continued an unfinished run" in again.stdout
-    (ref_dir,) = list((tmp_path / "reference").iterdir())
-    a = AutoModelForCausalLM.from_pretrained(ref_dir / "student").state_dict()
-    b = AutoModelForCausalLM.from_pretrained(run_dir / "student").state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    killed_and_rerun_equals_uninterrupted(cfg_path, tmp_path, "kd-cached")
 
 
 def test_a_student_with_another_tokenizer_is_refused_up_front(tmp_path, tiny_teacher):

@@ -345,21 +345,7 @@ def capture_topk(
         progress=progress,
     )
     tokens = sum(len(e["input_ids"]) for e in mine)
-    return CaptureResult(
-        store_dir=store_dir,
-        key=key,
-        k=k,
-        examples=len(mine),
-        computed=len(mine) - filled.already,
-        already=filled.already,
-        tokens=tokens,
-        signal_rows=tokens,
-        bytes=store_size_bytes(store_dir),
-        elapsed_s=time.perf_counter() - start,
-        complete=True,
-        computed_tokens=filled.computed_tokens,
-        teacher_s=filled.teacher_s,
-    )
+    return filled_result(store_dir, key, k, examples=len(mine), tokens=tokens, filled=filled, start=start)
 
 
 # ---------------------------------------------------------------- many machines, many processes
@@ -675,15 +661,24 @@ def capture_bytes(
         progress=progress,
     )
     answer_tokens = sum(len(e["spans"]) for e in mine)
+    return filled_result(
+        store_dir, key, k, examples=len(mine), tokens=answer_tokens, filled=filled, start=start
+    )
+
+
+def filled_result(
+    store_dir: Path, key: str, k: int, *, examples: int, tokens: int, filled: Any, start: float
+) -> CaptureResult:
+    """The result of a capture through `fill_store` (every stored row carries a signal)."""
     return CaptureResult(
         store_dir=store_dir,
         key=key,
         k=k,
-        examples=len(mine),
-        computed=len(mine) - filled.already,
+        examples=examples,
+        computed=examples - filled.already,
         already=filled.already,
-        tokens=answer_tokens,
-        signal_rows=answer_tokens,
+        tokens=tokens,
+        signal_rows=tokens,
         bytes=store_size_bytes(store_dir),
         elapsed_s=time.perf_counter() - start,
         complete=True,
