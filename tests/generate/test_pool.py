@@ -307,7 +307,8 @@ def test_a_server_killed_mid_run_loses_nothing_and_its_requests_are_sent_elsewhe
 
     def kill_at_30(stats):
         victim_states.update(e.state for e in stats.endpoints if e.url == victim.base_url)
-        if stats.committed >= 30 and not killed_with:
+        # killed while it has requests in flight, so that there is something to re-send elsewhere
+        if stats.committed >= 30 and not killed_with and victim.state.in_flight > 0:
             killed_with.append({r.key for r in victim.requests})  # what it had been sent by then
             in_flight.append(victim.state.in_flight)
             victim.kill()

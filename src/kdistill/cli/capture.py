@@ -41,6 +41,14 @@ def capture_command(
             "that a student with any tokenizer can learn from (same as cross_tokenizer: true in the config)",
         ),
     ] = False,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url",
+            help="score the generations' answers through this OpenAI-compatible server's prompt log-probs "
+            "(vLLM; same as source: server and server.base_url: URL in the config)",
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -69,6 +77,8 @@ def capture_command(
 
     source: endpoint converts the logprobs stored by `kdistill generate --top-logprobs K` instead of running a model.
 
+    --base-url URL (source: server): a server (vLLM) scores the answers through the completions API's prompt log-probs (echo + logprobs); teacher.model gives the tokenizer.
+
     --cross-tokenizer: for a student with another tokenizer than the teacher's (data: generations; the store
     holds the answer tokens' byte spans and top-k candidates as bytes; read it with kdistill.lm.byte_signal.ByteSignal).
 
@@ -80,6 +90,7 @@ def capture_command(
 
     Exit codes: 0 done, 2 user error, 130 interrupted.
     """
+    from kdistill.lm.capture_server import ServerScoringError
     from kdistill.lm.signal_store import TeacherSignalError
     from kdistill.schema import ConfigError
 
@@ -89,6 +100,7 @@ def capture_command(
             [
                 *(overrides or []),
                 *(["cross_tokenizer=true"] if cross_tokenizer else []),
+                *([f"server.base_url={base_url}", "source=server"] if base_url else []),
                 *_shard_override(shard),
             ],
         )
@@ -106,7 +118,7 @@ def capture_command(
     except KeyboardInterrupt:
         err_console.print("interrupted: committed shards are kept; rerun the same command to continue")
         raise typer.Exit(code=EXIT_INTERRUPTED) from None
-    except (TeacherSignalError, OSError, ValueError, KeyError) as err:
+    except (TeacherSignalError, ServerScoringError, OSError, ValueError, KeyError) as err:
         # ValueError: tokenizer mismatch, bad rows, or transformers saying a model directory is unusable
         raise fail(str(err).strip("'\"")) from None
 

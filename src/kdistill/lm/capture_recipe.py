@@ -14,6 +14,11 @@ directory; with `out`, give each job its own). Under `torchrun --nproc_per_node 
 processes split the work and write one store; `run_capture` joins (and leaves) the process group itself,
 gloo on CPU, nccl on GPUs (each rank its LOCAL_RANK device). A `data.generations` may list several
 directories (the parts of a sharded `kdistill generate`), read as one.
+
+**Scoring through a server.** `source: server` (or `kdistill capture --base-url URL`) has an
+OpenAI-compatible server (vLLM) score the generations' answers through the completions API's prompt
+log-probs (`kdistill.lm.capture_server`); `teacher.model` then only gives the tokenizer that renders the
+prompts (and, without cross_tokenizer, names the token ids).
 """
 
 from __future__ import annotations
@@ -57,13 +62,42 @@ class CaptureDataConfig(Strict):
         return self
 
 
+class CaptureServerConfig(Strict):
+    """The server that scores the answers (`source: server`)."""
+
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible server, e.g. http://gpu-host:8000/v1"
+    )
+    model: str | None = Field(None, description="the model name the server serves (null = teacher.model)")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key (never written anywhere)"
+    )
+    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(600.0, gt=0, description="seconds before one request times out (then retried)")
+    max_attempts: int = Field(6, ge=1, description="attempts per row in all (connection errors, 429, 5xx)")
+    max_tokens: int = Field(
+        0,
+        ge=0,
+        le=1,
+        description="tokens generated after the scored text (0: vLLM; 1 for a server that must)",
+    )
+    scores_dir: Path | None = Field(
+        None,
+        description="where the scored rows go (a generations directory; default: <cache>/server_scores/<key>/)",
+    )
+
+
 class CaptureConfig(Strict):
     """The `capture:` section of a YAML file."""
 
-    source: Literal["model", "endpoint"] = Field(
+    source: Literal["model", "endpoint", "server"] = Field(
         "model",
         description="model = run the teacher over the data; endpoint = convert the logprobs an endpoint "
-        "returned during `kdistill generate` (no model is run)",
+        "returned during `kdistill generate` (no model is run); server = a server scores the answers "
+        "(prompt log-probs, see `server`)",
+    )
+    server: CaptureServerConfig = Field(
+        default_factory=CaptureServerConfig, description="source server: the server that scores the answers"
     )
     teacher: CaptureTeacherConfig = Field(description="the teacher (and its tokenizer)")
     data: CaptureDataConfig = Field(description="what the teacher reads")
@@ -102,8 +136,20 @@ class CaptureConfig(Strict):
         from kdistill.runs.sharding import parse_shard
 
         parse_shard(self.shard, flag="shard")
-        if self.shard is not None and self.source == "endpoint":
-            raise ValueError("shard: splits the teacher's work; source endpoint runs no model (drop shard)")
+        if self.shard is not None and self.source != "model":
+            raise ValueError(
+                f"shard: splits the teacher's work; source {self.source} runs no model (drop shard)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _server_needs_a_url(self) -> CaptureConfig:
+        if self.source == "server" and not self.server.base_url:
+            raise ValueError(
+                "server.base_url: required with source server (or kdistill capture --base-url URL)"
+            )
+        if self.source == "server" and self.data.generations is None:
+            raise ValueError("source server scores the answers of generations: set data.generations")
         return self
 
     @model_validator(mode="after")
@@ -170,8 +216,8 @@ def run_capture(cfg: CaptureConfig, *, progress: Any = None):
     """
     joined = join_process_group(cfg)
     try:
-        if joined and cfg.source == "endpoint":
-            raise ValueError("source endpoint runs no model: run it in one process, not under torchrun")
+        if joined and cfg.source != "model":
+            raise ValueError(f"source {cfg.source} runs no model: run it in one process, not under torchrun")
         return _run_capture(cfg, progress=progress if process_rank() == 0 else None)
     finally:
         if joined:
@@ -226,6 +272,8 @@ def _run_capture(cfg: CaptureConfig, *, progress: Any = None):
         assert_same_tokenizer(tokenizer, student)
     info = {"config": cfg.model_dump(mode="json")}
 
+    if cfg.source == "server":
+        return run_server_capture(cfg, tokenizer, info, progress)
     if cfg.cross_tokenizer:
         return run_cross_capture(cfg, tokenizer, model_dir, info, progress)
     if cfg.source == "endpoint":
@@ -324,4 +372,38 @@ def run_cross_capture(
         info=info,
         progress=progress,
         shard=parse_shard(cfg.shard, flag="shard"),
+    )
+
+
+def run_server_capture(cfg: CaptureConfig, tokenizer: Any, info: dict[str, Any], progress: Any = None):
+    """`source: server`: the server scores the generations' answers (`capture_server.capture_from_server`)."""
+    import os
+
+    from kdistill.generate.teachers.retry import RetryPolicy
+    from kdistill.lm.capture import DEFAULT_K
+    from kdistill.lm.capture_server import ScoringServer, capture_from_server
+
+    s = cfg.server
+    assert s.base_url is not None and cfg.data.generations is not None  # the config validator says so
+    server = ScoringServer(
+        base_url=s.base_url,
+        model=s.model or cfg.teacher.model,
+        api_key=os.environ.get(s.api_key_env) if s.api_key_env else None,
+        timeout_s=s.timeout_s,
+        max_tokens=s.max_tokens,
+        concurrency=s.concurrency,
+    )
+    return capture_from_server(
+        cfg.data.generations,
+        tokenizer,
+        cfg.out,
+        server=server,
+        max_length=cfg.max_length,
+        k=cfg.top_k or DEFAULT_K,
+        cross_tokenizer=cfg.cross_tokenizer,
+        scores_dir=s.scores_dir,
+        retry=RetryPolicy(max_attempts=s.max_attempts),
+        shard_examples=cfg.shard_examples,
+        info=info,
+        progress=progress,
     )

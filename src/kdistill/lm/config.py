@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
+from kdistill.generate.config import EndpointConfig
 from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
 
 
 class LMEndpointConfig(Strict):
-    base_url: str = Field(description="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, llama.cpp)")
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, llama.cpp)"
+    )
+    endpoints: list[EndpointConfig] | None = Field(
+        None,
+        description="several servers of the same model instead of base_url (as generate's teacher.endpoints): "
+        "each a URL or {base_url, concurrency, weight}; requests go to the least loaded healthy one",
+    )
     model: str = Field(description="the model name the server serves")
     api_key_env: str | None = Field(
         None, description="environment variable holding the API key (never written anywhere)"
@@ -25,6 +33,27 @@ class LMEndpointConfig(Strict):
     )
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
     timeout_s: float = Field(600.0, gt=0, description="seconds before one request times out (then retried)")
+
+    @model_validator(mode="after")
+    def _one_way_to_the_servers(self) -> LMEndpointConfig:
+        if (self.base_url is None) == (self.endpoints is None):
+            raise ValueError("give exactly one of base_url (one server) and endpoints (several)")
+        urls = [e.base_url.rstrip("/") for e in self.endpoints or []]
+        if self.endpoints is not None and not urls:
+            raise ValueError("endpoints: expected at least one server")
+        twice = sorted({u for u in urls if urls.count(u) > 1})
+        if twice:
+            raise ValueError(f"endpoints: a server is listed twice: {', '.join(twice)}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_endpoints(self, handler: Any) -> Any:
+        # A run's teacher answers are cached under a hash of this dump: a config without `endpoints`
+        # dumps as before the field existed, so the answers of earlier runs are found again.
+        data = handler(self)
+        if isinstance(data, dict) and self.endpoints is None:
+            data.pop("endpoints", None)
+        return data
 
 
 class LMTeacherConfig(Strict):

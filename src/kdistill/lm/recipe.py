@@ -292,7 +292,7 @@ def generate_teacher_answers(
 
 def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
     """The `kdistill generate` config of the run's teacher answers: the local teacher in float32, or the
-    teacher's endpoint with top_logprobs."""
+    teacher's endpoint (or endpoints) with top_logprobs."""
     from kdistill.generate.run import GenerationConfig
 
     e = cfg.teacher.endpoint
@@ -308,7 +308,12 @@ def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
                 "out": str(out),
                 "teacher": {
                     "kind": "openai",
-                    "base_url": e.base_url,
+                    # one server, or several of the same model (a pool; record ids then name no server)
+                    **(
+                        {"base_url": e.base_url}
+                        if e.endpoints is None
+                        else {"endpoints": [x.model_dump(mode="json") for x in e.endpoints]}
+                    ),
                     "model": e.model,
                     "api_key_env": e.api_key_env,
                     "timeout_s": e.timeout_s,
