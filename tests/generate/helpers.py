@@ -30,6 +30,13 @@ def run_cli(
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """The CLI as a process that takes Ctrl-C as a user's shell would deliver it: a child inherits an ignored
+    SIGINT, and something in the test process (a library of another test) may have ignored it."""
+    import signal
+
     return subprocess.Popen(
-        [sys.executable, str(CLI), "generate", *args], env={**os.environ, **(env or {})}, **popen
+        [sys.executable, str(CLI), "generate", *args],
+        env={**os.environ, **(env or {})},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **popen,
     )
