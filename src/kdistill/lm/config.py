@@ -310,11 +310,17 @@ class LMRunConfig(RunConfigBase):
 
     @model_validator(mode="after")
     def _endpoint_signal_has_a_source(self) -> LMRunConfig:
-        if self.distill.signal == "endpoint" and self.teacher.endpoint is None and self.prompts.generations is None:
+        if (
+            self.distill.signal == "endpoint"
+            and self.teacher.endpoint is None
+            and self.prompts.generations is None
+        ):
             raise ValueError(
                 "distill.signal endpoint learns the log-probs an endpoint returned: set teacher.endpoint (the "
                 "teacher answers through it) or prompts.generations (a generate directory with logprobs)"
             )
         if self.distill.signal == "online" and self.teacher.endpoint is not None:
-            raise ValueError("distill.signal online runs the local teacher.model; an endpoint teacher gives signal: endpoint")
+            raise ValueError(
+                "distill.signal online runs the local teacher.model; an endpoint teacher gives signal: endpoint"
+            )
         return self

@@ -265,7 +265,9 @@ def generate_teacher_answers(
     key = stable_hash(
         {
             # without an endpoint the key is the one of runs before `teacher.endpoint` existed: their caches hold
-            "teacher": cfg.teacher.model_dump(mode="json", exclude={"endpoint"} if cfg.teacher.endpoint is None else None),
+            "teacher": cfg.teacher.model_dump(
+                mode="json", exclude={"endpoint"} if cfg.teacher.endpoint is None else None
+            ),
             "generation": cfg.generation.model_dump(mode="json"),
             "prompts": [(p.id, p.prompt, p.messages) for p in prompts],
         }

@@ -220,6 +220,56 @@ def test_answer_entries_keep_the_answers_tokens_and_the_bytes_of_a_partial_chara
     assert scoring_request("x", model="m", k=2)["echo"] is True
 
 
+def test_llama_cpp_python_echo_is_read_one_entry_earlier_with_offsets_from_the_tokens():
+    """llama-cpp-python's echo puts at token i the distribution of token i+1 (plus token i itself under
+    it), and its offsets skip special tokens' text: the same answer in the standard form and in that form
+    gives the same entries."""
+    dists = [None, None, {" b": -0.1, " x": -2.0}, {" c": -0.5, " y": -1.0}, {" d": -0.2}]  # of each token
+    tokens = ["<s>", "a", " b", " c", " d"]
+    standard = {
+        "tokens": tokens,
+        "token_logprobs": [None, None, -0.1, -0.5, -0.2],
+        "top_logprobs": dists,
+        "text_offset": [0, 3, 4, 6, 8],
+    }
+    llama = {  # entry i: the distribution of token i+1, with token i's string added under it
+        "tokens": ["", *tokens[1:]],  # a special token is spelled "", and its text is not counted
+        "token_logprobs": [None, None, -9.0, -8.0, -7.0],
+        "top_logprobs": [
+            None,
+            {**dists[2], "a": -6.0},
+            {**dists[3], " b": -9.0},
+            {**dists[4], " c": -8.0},
+            {},
+        ],
+        "text_offset": [0, 0, 1, 3, 5],
+    }
+
+    def body(logprobs):
+        return {"choices": [{"text": "<s>a b c d", "logprobs": logprobs}]}
+
+    want = answer_entries(body(standard), start=6, end=10)  # " c", " d"
+    got = answer_entries(body(llama), start=6, end=10, dialect="llama-cpp-python")
+    assert [e["token"] for e in got] == [" c", " d"] and got[0]["logprob"] == -0.5
+    assert [g["top"][: len(w["top"])] for g, w in zip(got, want, strict=True)] == [w["top"] for w in want]
+    assert [e["token"] for e in answer_entries(body(llama), start=0, end=10, dialect="llama-cpp-python")] == [
+        " b",
+        " c",
+        " d",
+    ]  # "a": the first echoed entry holds nothing
+    llama["top_logprobs"][2] = {" z": -0.1}  # " c" not among the candidates of its position
+    assert answer_entries(body(llama), start=6, end=8, dialect="llama-cpp-python")[0]["logprob"] == -math.inf
+    # read as the contract says, the offsets put " c" outside the answer and the distributions are off
+    assert [e["token"] for e in answer_entries(body(llama), start=6, end=10)] == []
+    # a text that starts with BOS: the server drops it from the tokens but not from the logits, which pairs
+    # each token with its own distribution again; only the offsets need fixing
+    aligned = {**standard, "tokens": ["", *tokens[1:]], "text_offset": [0, 0, 1, 3, 5]}
+    assert (
+        answer_entries(body(aligned), start=6, end=10, dialect="llama-cpp-python", starts_with_bos=True)
+        == want
+    )
+
+
 # ---------------------------------------------------------------- config and CLI
 
 
