@@ -128,3 +128,32 @@ def test_unsupported_missing_and_empty_files(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(PromptFileError, match=r"bad.parquet: not a readable Parquet file"):
         load_prompts(tmp_path / "bad.parquet")
+
+
+def test_extra_columns_are_read_when_asked_for_in_every_format_and_never_change_the_prompt(tmp_path):
+    rows = [
+        {"id": "a", "prompt": "2+2?", "answer": "4", "tests": "assert f() == 4", "other": 1},
+        {"id": "b", "prompt": "3+3?", "answer": "6", "tests": "assert f() == 6", "other": 2},
+    ]
+    jsonl = _jsonl(tmp_path, [json.dumps(r) + "\n" for r in rows])
+    csv = tmp_path / "p.csv"
+    csv.write_text(
+        "id,prompt,answer,tests\n"
+        + "".join(f'{r["id"]},{r["prompt"]},{r["answer"]},"{r["tests"]}"\n' for r in rows)
+    )
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    for path in (jsonl, csv, parquet):
+        plain = load_prompts(path)
+        with_refs = load_prompts(path, columns=("answer", "tests"))
+        assert [p.extra for p in with_refs] == [{"answer": r["answer"], "tests": r["tests"]} for r in rows]
+        assert plain == with_refs and [p.canonical() for p in plain] == [p.canonical() for p in with_refs]
+        assert plain[0].extra == {}
+
+
+def test_a_prompt_without_an_asked_for_column_names_its_line_and_the_column(tmp_path):
+    path = _jsonl(tmp_path, ['{"id": "a", "prompt": "x", "answer": 1}\n', '{"id": "b", "prompt": "y"}\n'])
+    with pytest.raises(
+        PromptFileError, match=r"p.jsonl: line 2: no 'answer' \(expected a value in every row"
+    ):
+        load_prompts(path, columns=("answer",))

@@ -16,6 +16,7 @@ from kdistill.cli.provenance import provenance_app
 from kdistill.cli.recipes import recipes
 from kdistill.cli.run import run
 from kdistill.cli.validate import validate
+from kdistill.cli.verify import verify_command
 
 app = typer.Typer(
     help="Knowledge distillation: a small, fast student learns from a large teacher.\n\n"
@@ -33,6 +34,7 @@ app.command()(models)
 app.command()(recipes)
 app.command("generate")(generate_command)
 app.command("capture")(capture_command)
+app.command("verify")(verify_command)
 app.add_typer(provenance_app, name="provenance")
 
 

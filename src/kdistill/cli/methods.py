@@ -1,4 +1,4 @@
-"""`kdistill methods`: every loss, method, divergence and embedding loss a config can name."""
+"""`kdistill methods`: every loss, method, divergence, embedding loss and verifier a config can name."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     rows += [
         ("embedding loss", n, "text embedding (task: encoder)", (fn.__doc__ or "").strip().splitlines()[0])
         for n, fn in sorted(EMBEDDING_LOSSES.items())
+    ]
+    from kdistill.verify.registry import VERIFIERS
+
+    rows += [
+        (
+            "verifier",
+            n,
+            f"verify: (kdistill verify, task: lm); v{VERIFIERS.get(n).version}",
+            VERIFIERS.summary(n),
+        )
+        for n in VERIFIERS.names()
     ]
     if as_json:
         typer.echo(

@@ -221,6 +221,8 @@ def _model_colours(metrics: Mapping[str, Any]) -> dict[str, str]:
 
 def result_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
     task = metrics.get("task")
+    if task == "lm" and metrics.get("reasoning"):  # verified reasoning: problems solved comes first
+        return (*LM_RESULT_COLUMNS[:2], "held-out solved", *LM_RESULT_COLUMNS[2:])
     return {"lm": LM_RESULT_COLUMNS, "encoder": ENCODER_RESULT_COLUMNS}.get(task, RESULT_COLUMNS)
 
 
@@ -261,10 +263,16 @@ def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         if metrics.get("task") == "lm":
             ppl = _number(model.get("perplexity_on_teacher_answers"))
             tokens_per_s = _number(model.get("tokens_per_s"))
+            solved = (
+                [_format_percent((model.get("verified") or {}).get("accuracy"))]
+                if metrics.get("reasoning")
+                else []
+            )
             rows.append(
                 [
                     name,
                     role,
+                    *solved,
                     _MISSING if ppl is None else _significant(ppl, 3),
                     _format_percent(model.get("agreement_with_teacher")),
                     _MISSING if _number(model.get("rouge_l")) is None else f"{model['rouge_l']:.3f}",
@@ -528,6 +536,7 @@ def _html_page(
         "<h2>Results</h2>",
         _html_table(result_columns(metrics), results_rows(metrics), numeric_from=len(_TEXT_COLUMNS)),
     ]
+    parts += _reasoning_tables(metrics.get("reasoning"))
     other_numbers = [[str(key), _format_value(value)] for key, value in summary.items() if key != "headline"]
     if other_numbers:
         parts.append(_html_table(["summary", "value"], other_numbers, numeric_from=1, css_class="small"))
@@ -571,6 +580,61 @@ def _html_page(
         ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def reasoning_rows(reasoning: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(pass@k columns, the teacher's rows per problem set, the training data's rows per filter)."""
+    teacher = reasoning.get("teacher", {})
+    ks = sorted(
+        {key for part in teacher.values() for key in part if key.startswith("pass@")},
+        key=lambda k: int(k[5:]),
+    )
+    columns = ["problems", "count", "answers", "accepted", *ks]
+    pass_rows = [
+        [
+            name.replace("_", "-"),
+            str(part.get("problems", "")),
+            str(part.get("answers", "")),
+            _format_percent(part["accepted"] / part["answers"]) if part.get("answers") else _MISSING,
+            *[_format_percent(part.get(k)) for k in ks],
+        ]
+        for name, part in teacher.items()
+    ]
+    filter_rows = [
+        [
+            arm["label"],
+            f["name"],
+            str(f["before"]),
+            str(f["removed"]),
+            str(f["after"]),
+            ", ".join(f"{k} {v}" for k, v in f["reasons"].items() if v),
+        ]
+        for arm in reasoning.get("arms", [])
+        for f in arm["filters"]
+    ] + [
+        [arm["label"], "training rows", "", "", str(arm["rows"]), arm["train_on"]]
+        for arm in reasoning.get("arms", [])
+    ]
+    return columns, pass_rows, filter_rows
+
+
+def _reasoning_tables(reasoning: Mapping[str, Any] | None) -> list[str]:
+    if not reasoning:
+        return []
+    columns, pass_rows, filter_rows = reasoning_rows(reasoning)
+    return [
+        "<h2>The teacher's answers, verified</h2>",
+        '<p class="meta">pass@k: the unbiased estimator of Chen et al. (2021) over the teacher\'s samples per '
+        "problem; accepted: answers every verifier accepts.</p>",
+        _html_table(columns, pass_rows, numeric_from=1, css_class="small"),
+        "<h2>What each student trained on</h2>",
+        _html_table(
+            ["student", "filter", "before", "removed", "after", "why"],
+            filter_rows,
+            numeric_from=2,
+            css_class="small",
+        ),
+    ]
 
 
 def write_report(

@@ -10,6 +10,10 @@ Accepted sources (chosen by suffix, or a directory):
 - **A Hugging Face dataset directory** written by `Dataset.save_to_disk`, same columns. A `DatasetDict`
   directory must be narrowed to one split (`DIR/train`).
 
+Other columns (a reference `answer`, `tests`, ...) are read only when asked for: `load_prompts(path,
+columns=("answer",))` puts them in each prompt's `extra` (not part of the prompt's identity: editing a
+reference never asks the teacher again), and a prompt that lacks one is an error naming its line or row.
+
 `id` is optional: without it the JSONL line number (1-based, counting blank lines) or the 1-based row
 number (CSV, Parquet, dataset) stands in. Give explicit ids if you may reorder or edit the file later: the
 id is part of every generated row's record id, so a renumbered prompt counts as a new one. Ids must be
@@ -21,8 +25,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ class Prompt:
     prompt: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
     where: str = ""  # "file:line 3", for error messages
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)  # the asked-for columns
 
     def canonical(self) -> str:
         """The prompt as canonical JSON: what the record id hashes (key order and spacing fixed)."""
@@ -56,22 +61,23 @@ class Prompt:
         return [{"role": "user", "content": self.prompt or ""}]
 
 
-def load_prompts(path: str | Path) -> list[Prompt]:
-    """Read a prompt file or dataset directory (see the module docstring) into validated `Prompt`s."""
+def load_prompts(path: str | Path, *, columns: Sequence[str] = ()) -> list[Prompt]:
+    """Read a prompt file or dataset directory (see the module docstring) into validated `Prompt`s, with
+    the other `columns` asked for in each one's `extra` (every prompt must have them)."""
     path = Path(path)
     if not path.exists():
         raise PromptFileError(f"{path}: no such file or directory")
     if path.is_dir():
-        records = _dataset_rows(path)
+        records = _dataset_rows(path, columns)
         unit = "row"
     else:
         suffix = path.suffix.lower()
         if suffix in (".jsonl", ".ndjson"):
             records, unit = _jsonl_rows(path), "line"
         elif suffix == ".csv":
-            records, unit = _csv_rows(path), "row"
+            records, unit = _csv_rows(path, columns), "row"
         elif suffix == ".parquet":
-            records, unit = _parquet_rows(path), "row"
+            records, unit = _parquet_rows(path, columns), "row"
         else:
             raise PromptFileError(
                 f"{path}: unsupported prompt file type {suffix or '(no suffix)'!r}; "
@@ -82,6 +88,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     for number, record in records:
         where = f"{path}: {unit} {number}"
         prompt = _to_prompt(record, number, where)
+        if columns:
+            prompt = replace(prompt, extra=_extra_columns(record, columns, where))
         if prompt.id in first_seen:
             raise PromptFileError(
                 f"{where}: duplicate id {prompt.id!r} (first at {first_seen[prompt.id]}); ids must be unique"
@@ -119,6 +127,16 @@ def _to_prompt(record: Any, number: int, where: str) -> Prompt:
             raise PromptFileError(f"{where}: 'prompt' must be a non-empty string, got {text!r:.60}")
         return Prompt(id=prompt_id, prompt=text, where=where)
     return Prompt(id=prompt_id, messages=_check_messages(messages, where), where=where)
+
+
+def _extra_columns(record: dict[str, Any], columns: Sequence[str], where: str) -> dict[str, Any]:
+    missing = [c for c in columns if record.get(c) is None]
+    if missing:
+        raise PromptFileError(
+            f"{where}: no {', '.join(repr(c) for c in missing)} (expected a value in every row: "
+            f"{', '.join(columns)}; the verifiers read them)"
+        )
+    return {c: record[c] for c in columns}
 
 
 def _check_messages(messages: Any, where: str) -> tuple[dict[str, str], ...]:
@@ -163,7 +181,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 ) from None
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
+def _csv_rows(path: Path, extra: Sequence[str] = ()) -> Iterator[tuple[int, Any]]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -174,7 +192,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 )
             for number, row in enumerate(reader, start=1):
                 # an empty cell means "no value", so a file may mix prompt and messages rows
-                yield number, {k: (v if v != "" else None) for k, v in row.items() if k in _COLUMNS}
+                yield number, {
+                    k: (v if v != "" else None) for k, v in row.items() if k in _COLUMNS or k in extra
+                }
     except UnicodeDecodeError:
         raise PromptFileError(f"{path}: not valid UTF-8") from None
     except csv.Error as err:
@@ -184,11 +204,11 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, Any]]:
 _COLUMNS = ("id", "prompt", "messages")
 
 
-def _table_rows(source: str, table: Any) -> Iterator[tuple[int, Any]]:
+def _table_rows(source: str, table: Any, extra: Sequence[str] = ()) -> Iterator[tuple[int, Any]]:
     columns = list(table.column_names)
     if "prompt" not in columns and "messages" not in columns:
         raise PromptFileError(f"{source}: expected a 'prompt' or 'messages' column, got {columns}")
-    table = table.select([c for c in columns if c in _COLUMNS])
+    table = table.select([c for c in columns if c in _COLUMNS or c in extra])
     number = 0
     for batch in table.to_batches(max_chunksize=4096):
         for row in batch.to_pylist():
@@ -196,7 +216,7 @@ def _table_rows(source: str, table: Any) -> Iterator[tuple[int, Any]]:
             yield number, row
 
 
-def _parquet_rows(path: Path) -> Iterable[tuple[int, Any]]:
+def _parquet_rows(path: Path, extra: Sequence[str] = ()) -> Iterable[tuple[int, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -204,10 +224,10 @@ def _parquet_rows(path: Path) -> Iterable[tuple[int, Any]]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise PromptFileError(f"{path}: not a readable Parquet file ({err})") from None
-    return _table_rows(str(path), table)
+    return _table_rows(str(path), table, extra)
 
 
-def _dataset_rows(path: Path) -> Iterable[tuple[int, Any]]:
+def _dataset_rows(path: Path, extra: Sequence[str] = ()) -> Iterable[tuple[int, Any]]:
     import datasets
 
     try:
@@ -221,4 +241,4 @@ def _dataset_rows(path: Path) -> Iterable[tuple[int, Any]]:
         raise PromptFileError(
             f"{path}: a DatasetDict with splits [{splits}]; point at one split, e.g. {path / next(iter(loaded))}"
         )
-    return _table_rows(str(path), loaded.data.table)
+    return _table_rows(str(path), loaded.data.table, extra)

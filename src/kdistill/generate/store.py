@@ -183,7 +183,7 @@ def read_jsonl_log(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _cut_torn_tail(path: Path) -> int:
+def cut_torn_tail(path: Path) -> int:
     """Truncate `path` after its last newline; returns the number of bytes cut."""
     try:
         data = path.read_bytes()
@@ -320,7 +320,7 @@ class GenerationStore:
             self._write_manifest()  # marks the directory as an output directory from the start
 
         for name in (REJECTS, ERRORS):
-            report.log_bytes_cut += _cut_torn_tail(self.out_dir / name)
+            report.log_bytes_cut += cut_torn_tail(self.out_dir / name)
         self.rejected_ids = {
             e["record_id"] for e in read_jsonl_log(self.out_dir / REJECTS) if "record_id" in e
         }

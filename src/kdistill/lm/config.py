@@ -9,6 +9,7 @@ from pydantic import Field, model_serializer, model_validator
 
 from kdistill.generate.config import EndpointConfig
 from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
+from kdistill.verify.config import VerifyConfig
 
 
 class LMEndpointConfig(Strict):
@@ -88,6 +89,7 @@ class LMPromptsConfig(Strict):
 class LMGenerationConfig(Strict):
     max_new_tokens: int = Field(96, ge=1, description="most tokens per teacher answer")
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    samples: int = Field(1, ge=1, description="answers per prompt (> 1 needs temperature > 0)")
     batch_size: int = Field(16, ge=1, description="prompts per teacher generate() call")
     allow_length: bool = Field(
         True, description="keep answers cut off at max_new_tokens (they are still the teacher's text)"
@@ -302,6 +304,11 @@ class LMRunConfig(RunConfigBase):
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     distill: LMDistillConfig = Field(default_factory=LMDistillConfig)
     evaluation: LMEvaluationConfig = Field(default_factory=LMEvaluationConfig)
+    verify: VerifyConfig | None = Field(
+        None,
+        description="verified reasoning distillation: check every teacher answer, train on the right ones "
+        "(kdistill.verify; null = train on every answer)",
+    )
     threads: int | None = Field(
         None, ge=1, description="torch intra-op threads for the run (null: every core this process may use)"
     )
@@ -322,5 +329,14 @@ class LMRunConfig(RunConfigBase):
         if self.distill.signal == "online" and self.teacher.endpoint is not None:
             raise ValueError(
                 "distill.signal online runs the local teacher.model; an endpoint teacher gives signal: endpoint"
+            )
+        if self.verify is not None and (self.distill.signal != "none" or self.distill.compare_with_sft):
+            raise ValueError(
+                "verify: trains SFT students on verified answers (distill.signal none, no compare_with_sft: "
+                "verify.compare_with adds students); white-box signals on verified answers are not supported yet"
+            )
+        if self.generation.samples > 1 and self.generation.temperature == 0:
+            raise ValueError(
+                "generation.samples > 1 needs generation.temperature > 0 (greedy answers are all the same)"
             )
         return self

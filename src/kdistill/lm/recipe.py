@@ -131,6 +131,11 @@ def run_lm(
             check_student_tokenizer(cfg)  # before the teacher spends minutes answering
         with run.logger.shown():
             train_rows, eval_rows = teacher_answers(run)
+            reasoning = reasoning_data(run, train_rows, eval_rows) if cfg.verify is not None else None
+            if (
+                reasoning is not None
+            ):  # the run's student learns the kept answers; students answer each problem once
+                train_rows, eval_rows = reasoning.arms[0].rows, reasoning.eval_prompts
             teacher = load_teacher(cfg.teacher)
             choose_student_tokenizer(run, teacher, train_rows)
             student = build_student(run, teacher, train_rows)
@@ -144,13 +149,20 @@ def run_lm(
             signal_dir = (
                 teacher_signal(run, teacher, train_rows) if cfg.distill.signal in SIGNAL_STORES else None
             )
-            arms = train_arms(run, student, teacher, examples, eval_rows, signal_dir, stop_after)
+            data_arms = (
+                {f"data-{a.name}": training_examples(run, a.rows) for a in reasoning.arms[1:]}
+                if reasoning
+                else {}
+            )
+            arms = train_arms(run, student, teacher, examples, eval_rows, signal_dir, stop_after, data_arms)
             if not run.main:  # the main process evaluates and reports; the others wait and read its metrics
                 run.procs.wait_for_everyone()
                 return RunResult(run.run_dir, json.loads((run.run_dir / METRICS).read_text()), run.resumed)
-            evals |= evaluate_arms(run, arms, teacher, eval_rows)
+            evals |= evaluate_arms(run, arms, teacher, eval_rows, reasoning)
         train = {"answers": len(train_rows), "response_tokens": response_tokens(examples)}
         metrics = lm_metrics(run, teacher, student_size, arms, evals, eval_rows, train=train, t0=t0)
+        if reasoning is not None:
+            add_reasoning_metrics(metrics, reasoning, evals, {k: len(v) for k, v in data_arms.items()})
         write_report(run.run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=run.manifest)
         write_metrics(run.run_dir, metrics)
         run.procs.wait_for_everyone()
@@ -268,7 +280,10 @@ def generate_teacher_answers(
             "teacher": cfg.teacher.model_dump(
                 mode="json", exclude={"endpoint"} if cfg.teacher.endpoint is None else None
             ),
-            "generation": cfg.generation.model_dump(mode="json"),
+            # one sample: the key of runs before `generation.samples` existed, whose caches hold its answers
+            "generation": cfg.generation.model_dump(
+                mode="json", exclude={"samples"} if cfg.generation.samples == 1 else None
+            ),
             "prompts": [(p.id, p.prompt, p.messages) for p in prompts],
         }
     )
@@ -302,6 +317,7 @@ def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
         "max_tokens": cfg.generation.max_new_tokens,
         "temperature": cfg.generation.temperature,
         "seed": cfg.seed if cfg.generation.temperature > 0 else None,
+        "samples": cfg.generation.samples,
     }
     if e is not None:
         return GenerationConfig.model_validate(
@@ -617,12 +633,17 @@ def train_arms(
     eval_rows: list[dict[str, Any]],
     signal_dir: Path | None,
     stop_after: int | None,
+    data_arms: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Arm]:
     """The configured objective's student (in `student/`) and, with compare_with_sft, an SFT-only one from
-    the same start and for the same steps (in `student_sft/`)."""
+    the same start and for the same steps (in `student_sft/`); each of `data_arms` (name -> its own
+    examples, e.g. `data-unfiltered`) an SFT student from the same start for the same steps too."""
     d, t = run.cfg.distill, run.cfg.train
     kinds = (
-        [d.signal] + (["none"] if d.compare_with_sft else []) + [f"cross-{c.loss}" for c in d.compare_with]
+        [d.signal]
+        + (["none"] if d.compare_with_sft else [])
+        + [f"cross-{c.loss}" for c in d.compare_with]
+        + list(data_arms or {})
     )
     global_batch = t.micro_batch_size * t.grad_accum * run.procs.num_processes
     steps = max(1, math.ceil(t.epochs * len(examples) / global_batch))
@@ -637,6 +658,23 @@ def train_arms(
         )
         # each comparison arm trains its own copy: training is in place, and arms must not share a model
         start = student if first else copy.deepcopy(pristine)
+        if kind.startswith("data-"):  # SFT on another data set, same steps: the job and its student are named
+            assert data_arms is not None
+            arms[kind] = train_arm(
+                run,
+                "none",
+                start,
+                teacher,
+                data_arms[kind],
+                steps,
+                out_dir,
+                None,
+                evaluate,
+                stop_after,
+                job=kind,
+                label=f"student SFT ({kind.removeprefix('data-')} data)",
+            )
+            continue
         arms[kind] = train_arm(
             run, kind, start, teacher, examples, steps, out_dir, signal_dir, evaluate, stop_after
         )
@@ -654,15 +692,19 @@ def train_arm(
     signal_dir: Path | None,
     evaluate: Callable[[nn.Module], dict[str, float]] | None,
     stop_after: int | None,
+    *,
+    job: str | None = None,
+    label: str | None = None,
 ) -> Arm:
-    """One resumable training job (`jobs/sft` or `jobs/kd-<signal>`): loaded when done.json says it
-    finished, else trained from its latest checkpoint and marked done."""
+    """One resumable training job (`jobs/sft`, `jobs/kd-<signal>` or `jobs/<job>`): loaded when done.json
+    says it finished, else trained from its latest checkpoint and marked done."""
     from kdistill.lm.models import load_causal_lm
     from kdistill.lm.train import train_objective
 
     cfg = run.cfg
-    job_dir = run.run_dir / "jobs" / ("sft" if kind == "none" else f"kd-{kind}")
-    label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {arm_loss(cfg, kind)})"
+    job_dir = run.run_dir / "jobs" / (job or ("sft" if kind == "none" else f"kd-{kind}"))
+    if label is None:
+        label = "student SFT" if kind == "none" else f"student KD ({kind} teacher, {arm_loss(cfg, kind)})"
     log = run.logger.job(job_dir.name, label, total=steps)
     finished = read_done(job_dir)
     if finished is not None and (out_dir / "config.json").is_file():
@@ -823,15 +865,27 @@ def evaluate_model(
 
 
 def evaluate_arms(
-    run: LMRun, arms: dict[str, Arm], teacher: Teacher, eval_rows: list[dict[str, Any]]
+    run: LMRun,
+    arms: dict[str, Arm],
+    teacher: Teacher,
+    eval_rows: list[dict[str, Any]],
+    reasoning: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """The trained students (after; sft, the comparison arm) and the teacher on the held-out answers."""
+    """The trained students (after; sft, the comparison arm) and the teacher on the held-out answers; with
+    `reasoning`, each data arm too, every student asked as it was trained (multitask: the answer task)."""
+    from kdistill.lm.rationale import inference_rows
+
     d = run.cfg.distill
+    main_rows = inference_rows(eval_rows, reasoning.arms[0].train_on) if reasoning else eval_rows
     evals = {
         "after": evaluate_model(
-            run, "student_after", "student after", arms[d.signal].model, teacher, eval_rows
+            run, "student_after", "student after", arms[d.signal].model, teacher, main_rows
         )
     }
+    for arm in reasoning.arms[1:] if reasoning else []:
+        kind = f"data-{arm.name}"
+        rows = inference_rows(eval_rows, arm.train_on)
+        evals[kind] = evaluate_model(run, f"student_{kind}", arm.label, arms[kind].model, teacher, rows)
     if d.compare_with_sft:
         sft = arms["none"].model
         evals["sft"] = evaluate_model(run, "student_sft", "student SFT only", sft, teacher, eval_rows)
@@ -843,7 +897,74 @@ def evaluate_arms(
     return evals
 
 
+def reasoning_data(run: LMRun, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> Any:
+    """The `verify:` stage (kdistill.lm.reasoning): verdicts in the run directory, resumable."""
+    from kdistill.lm.reasoning import verified_data
+
+    cfg = run.cfg
+    assert cfg.verify is not None
+    prompts_file = Path(cfg.verify.prompts) if cfg.verify.prompts else resolve_prompts(cfg.prompts.file)
+    log = run.logger.job("verify", "verify teacher answers", total=len(train_rows) + len(eval_rows))
+    with run.procs.main_process_first():  # the others find the main process's verdicts stored
+        data = verified_data(
+            cfg.verify,
+            train_rows,
+            eval_rows,
+            prompts_file=prompts_file,
+            verdicts_dir=run.run_dir / "verdicts",
+            progress=lambda done, total: log.log({"step": done}),
+        )
+    log.done()
+    run.note(reasoning={"teacher": data.teacher, "arms": {a.name: len(a.rows) for a in data.arms}})
+    return data
+
+
 # -- 7. metrics.json ----------------------------------------------------------------------------------------
+
+
+def add_reasoning_metrics(
+    metrics: dict[str, Any], reasoning: Any, evals: dict[str, dict[str, Any]], data_examples: dict[str, int]
+) -> None:
+    """Held-out accuracy of every model as the verifiers judge it (the report's quality column), the data
+    arms' rows, the teacher's pass@k and what each filter removed, in metrics.json."""
+    from kdistill.lm.reasoning import verified_accuracy
+
+    roles = {"teacher": "teacher", "before": "before", "distilled": "after", "sft": "sft"}
+    for model in metrics["models"]:
+        ev = evals.get(roles.get(model["role"], model["role"]))
+        if ev is not None and "answers" in ev:
+            model["verified"] = verified_accuracy(reasoning, ev["answers"])
+            model["accuracy"] = model["verified"]["accuracy"]
+    student_size = {k: v for k, v in metrics["models"][1].items() if k in ("params", "size_bytes")}
+    for arm in reasoning.arms[1:]:
+        kind = f"data-{arm.name}"
+        row = _model_row(arm.label, kind, student_size, evals[kind])
+        row["verified"] = verified_accuracy(reasoning, evals[kind]["answers"])
+        row["accuracy"] = row["verified"]["accuracy"]
+        metrics["models"].insert(len(metrics["models"]) - 1, row)
+    distilled = metrics["models"][-1]
+    distilled["name"] = reasoning.arms[0].label
+    teacher_pass = reasoning.teacher["held_out"].get("pass@1")
+    metrics["reasoning"] = {
+        "teacher": reasoning.teacher,
+        "verification": reasoning.verification,
+        "arms": [
+            {
+                "name": a.name,
+                "label": a.label,
+                "train_on": a.train_on,
+                "rows": len(a.rows),
+                "filters": a.filters,
+            }
+            for a in reasoning.arms
+        ],
+    }
+    parts = [f"{m['name']} {m['verified']['accuracy']:.1%}" for m in metrics["models"][1:] if "verified" in m]
+    metrics["summary"]["headline"] = (
+        f"held-out problems solved (verified): {'; '.join(parts)}; the teacher's pass@1 "
+        + (f"{teacher_pass:.1%}" if teacher_pass is not None else "n/a")
+        + f" (greedy {metrics['models'][0]['verified']['accuracy']:.1%})"
+    )
 
 
 def lm_metrics(
