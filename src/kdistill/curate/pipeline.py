@@ -76,7 +76,7 @@ def curate(
         kept = deduped.rows
     texts = list(eval_texts)
     if cfg.decontaminate.enabled and texts:
-        clean = decontaminate(kept, texts, n=cfg.decontaminate.n, field=("question", "completion"))
+        clean = decontaminate(kept, texts, n=cfg.decontaminate.n, field=tuple(cfg.decontaminate.fields))
         counts.append(clean.counts)
         kept = clean.rows
     return CuratedRows(kept, counts, selected.prompts_without_answer)

@@ -45,6 +45,12 @@ class DecontaminateConfig(Strict):
         True, description="drop training answers that share an n-gram with evaluation prompts"
     )
     n: int = Field(13, ge=1, description="word n-gram length (13, as in the GPT-3 and Llama reports)")
+    fields: list[Literal["question", "completion"]] = Field(
+        default_factory=lambda: ["question", "completion"],
+        min_length=1,
+        description="what of a training answer is compared (drop question when every prompt shares a long "
+        "instruction: its n-grams would match every evaluation prompt)",
+    )
     against: Path | None = Field(
         None,
         description="prompt file of the evaluation problems (null: a run's held-out prompts; none for "
