@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kdistill.cli.output import console, err_console, fail
+from kdistill.cli.output import CountBar, console, err_console, fail
 from kdistill.lm.capture_recipe import CaptureConfig, load_capture_config, run_capture
 
 EXIT_INTERRUPTED = 130
@@ -107,7 +107,7 @@ def capture_command(
     except ConfigError as err:
         raise fail(str(err), "`kdistill capture --help` shows an example config") from None
 
-    view = _ProgressView(err_console) if not as_json else None
+    view = CountBar(err_console, "capture", "examples") if not as_json else None
     started = time.perf_counter()
     try:
         try:
@@ -165,34 +165,6 @@ def _reports() -> bool:
     from kdistill.lm.capture_recipe import process_rank
 
     return process_rank() == 0
-
-
-class _ProgressView:
-    """A rich progress bar fed by the capture's progress(stored, total) callback."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]capture"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("examples"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("capture", total=total, completed=done)
-        else:
-            self.progress.update(self.task, total=total, completed=done)
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.progress.stop()
 
 
 def _summary_table(result: Any, elapsed_s: float) -> Any:

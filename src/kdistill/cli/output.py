@@ -5,6 +5,8 @@ Commands import these from here (never from the app module), so no command impor
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -21,3 +23,33 @@ def fail(message: str, hint: str | None = None) -> typer.Exit:
     if hint:
         err_console.print(f"[dim]hint: {hint}[/]", soft_wrap=True)
     return typer.Exit(code=2)
+
+
+class CountBar:
+    """A rich progress bar fed by a job's progress(done, total) callback: `label`, bar, done/total `unit`,
+    elapsed time. Starts at the first call (nothing is drawn for a job with nothing to do); `stop()` ends it."""
+
+    def __init__(self, console: Any, label: str, unit: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.label = label
+        self.progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total, completed=done)
+        else:
+            self.progress.update(self.task, total=total, completed=done)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.progress.stop()

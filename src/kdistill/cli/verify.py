@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from kdistill.cli.output import console, err_console, fail
+from kdistill.cli.output import CountBar, console, err_console, fail
 
 EXIT_UNVERIFIED = 1
 EXIT_INTERRUPTED = 130
@@ -75,7 +75,7 @@ def verify_command(
     except ConfigError as err:
         raise fail(str(err), "`kdistill verify --help` shows an example config") from None
     gen_dirs: Any = generations[0] if len(generations) == 1 else generations
-    view = None if as_json else _ProgressView(err_console)
+    view = None if as_json else CountBar(err_console, "verify", "answers")
     try:
         try:
             result = verify_generations(gen_dirs, cfg, prompts=prompts, out_dir=out, progress=view)
@@ -168,31 +168,3 @@ def _filters_table(filters: list[dict[str, Any]]) -> Any:
         why = ", ".join(f"{k} {v}" for k, v in f["reasons"].items() if v)
         table.add_row(f["name"], str(f["before"]), str(f["removed"]), str(f["after"]), why)
     return table
-
-
-class _ProgressView:
-    """A rich progress bar fed by progress(verified, total)."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]verify"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("answers"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.task: Any = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("verify", total=total, completed=done)
-        else:
-            self.progress.update(self.task, total=total, completed=done)
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.progress.stop()

@@ -48,11 +48,9 @@ class Problem:
     family: str
 
 
-Family = Callable[[random.Random], Problem]
+Family = Callable[[random.Random], Problem]  # what FAMILIES holds
+Draw = Callable[[random.Random], tuple[str, int]]  # what a family's code writes: (question, answer)
 FAMILIES: Registry[Family] = Registry("problem family")
-
-
-Draw = Callable[[random.Random], tuple[str, int]]
 
 
 def register_family(name: str, summary: str) -> Callable[[Draw], Draw]:
