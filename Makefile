@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml requirements/lock.txt
 run: $(STAMP)
 	$(BIN)/kdistill run
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each test on one torch thread (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 # Against a real server: llama.cpp's OpenAI-compatible server (llama-cpp-python, built from source in its own
 # environment, ~7 min the first time) serving the SmolLM2 GGUF; generate with a server killed mid-run, capture.

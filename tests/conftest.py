@@ -1,8 +1,14 @@
 import os
 
-import pytest
-
+# Tiny models run fastest on one thread, and one thread per test process keeps a busy machine (or pytest-xdist's
+# workers) from oversubscribing its cores; runs and subprocesses read OMP_NUM_THREADS as their default.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
