@@ -64,7 +64,7 @@ TRL_VERSION = "1.16.0"  # the version measured below
 # installed at the versions of the running interpreter (kdistill's .venv), so both arms use the same libraries
 SAME_AS_KDISTILL = (
     "transformers accelerate datasets tokenizers safetensors numpy peft scikit-learn pydantic typer rich "
-    "pyyaml matplotlib openai"
+    "pyyaml matplotlib openai jsonschema datasketch"
 ).split()
 
 
@@ -84,17 +84,22 @@ def setup() -> None:
     print(f"ready: {python} benchmarks/trl_comparison.py")
 
 
-def llama(vocab: int, hidden: int, layers: int) -> dict[str, Any]:
+def llama(vocab: int, hidden: int, layers: int, shape: str = "tiny") -> dict[str, Any]:
+    """A Llama config: the tiny shape (4 heads, 2 KV heads, MLP 4x, untied head) or SmolLM2-135M's block shape
+    (width 576, MLP 1536, 9 heads, 3 KV heads, tied embeddings), `layers` blocks of width `hidden`."""
+    if shape == "smollm2-135m":
+        blocks = {"intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3}
+        blocks |= {"tie_word_embeddings": True, "rope_theta": 100000.0}
+    else:
+        blocks = {"intermediate_size": 4 * hidden, "num_attention_heads": 4, "num_key_value_heads": 2}
+        blocks |= {"tie_word_embeddings": False}
     return {
         "model_type": "llama",
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": 4 * hidden,
         "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        **blocks,
         "max_position_embeddings": 512,
-        "tie_word_embeddings": False,
         "pad_token_id": 0,
         "bos_token_id": 1,
         "eos_token_id": 2,
@@ -301,20 +306,25 @@ def run_case(vocab_size: int, prompt: int, args: argparse.Namespace) -> dict[str
 
     started = time.perf_counter()
     tokenizer = train_tokenizer(vocab_size)
-    vocab = len(tokenizer)
+    # BPE on the pydoc text stops near 9,200 tokens: a larger VOCAB is the models' vocabulary (head and
+    # embedding rows), the text using its first len(tokenizer) ids. The work per step depends only on shapes.
+    vocab = max(len(tokenizer), vocab_size)
     examples = pydoc_examples(tokenizer, args.seq, prompt)
-    teacher = model_from_config(llama(vocab, args.teacher_hidden, args.teacher_layers), seed=0)
-    fit_cfg = LMTrainConfig(micro_batch_size=16, grad_accum=1, lr=3e-3, warmup_steps=0, log_every=60)
-    teacher_fit = train_sft(teacher, examples, fit_cfg, steps=60, pad_token_id=0)
-    teacher = teacher_fit.model.eval().requires_grad_(False)
-    student_config = llama(vocab, args.student_hidden, args.student_layers)
+    teacher = model_from_config(llama(vocab, args.teacher_hidden, args.teacher_layers, args.shape), seed=0)
+    teacher_loss = None
+    if args.teacher_sft_steps:
+        fit_cfg = LMTrainConfig(micro_batch_size=16, grad_accum=1, lr=3e-3, warmup_steps=0, log_every=60)
+        teacher_fit = train_sft(teacher, examples, fit_cfg, steps=args.teacher_sft_steps, pad_token_id=0)
+        teacher, teacher_loss = teacher_fit.model, teacher_fit.history[-1]["loss"]
+    teacher = teacher.eval().requires_grad_(False)
+    student_config = llama(vocab, args.student_hidden, args.student_layers, args.shape)
     # kdistill's batch order, handed to TRL as a sequential dataset: both arms see the same batches
     order = [i for s in range(args.steps) for i in batch_indices(s, len(examples), args.batch, 0).tolist()]
     ordered = [examples[i] for i in order]
     loss_tokens = args.batch * (args.seq - prompt)
     print(
         f"\n== vocab {vocab}, prompt {prompt}: {len(examples)} windows of {args.seq}; teacher loss after SFT "
-        f"{teacher_fit.history[-1]['loss']:.2f}; {torch.get_num_threads()} thread(s)",
+        f"{teacher_loss}; {torch.get_num_threads()} thread(s)",
         flush=True,
     )
     check = loss_check(
@@ -370,7 +380,7 @@ def run_case(vocab_size: int, prompt: int, args: argparse.Namespace) -> dict[str
         ),
         "final_weights_max_abs": max(float(v.abs().max()) for v in finals["trl"].values()),
         "logged_losses_every_10_steps": logged,
-        "teacher_sft_loss": teacher_fit.history[-1]["loss"],
+        "teacher_sft_loss": teacher_loss,
         "wall_s": time.perf_counter() - started,
     }
 
@@ -396,6 +406,16 @@ def main() -> None:
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--student-hidden", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both arms")
+    parser.add_argument(
+        "--shape",
+        choices=("tiny", "smollm2-135m"),
+        default="tiny",
+        help="block shape of both models; smollm2-135m: width 576, 30 blocks, MLP 1536, 9/3 heads, tied "
+        "embeddings (use with --cases 49152:1 --teacher-sft-steps 0 and a small --batch)",
+    )
+    parser.add_argument(
+        "--teacher-sft-steps", type=int, default=60, help="SFT steps that make the teacher a (weak) LM first"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 steps, 1 round; writes nothing")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON results go")
     args = parser.parse_args()
@@ -403,6 +423,9 @@ def main() -> None:
         return setup()
     if args.quick:
         args.steps, args.warmup, args.rounds = 12, 2, 1
+    if args.shape == "smollm2-135m":
+        args.teacher_hidden = args.student_hidden = 576
+        args.teacher_layers = args.student_layers = 30
     if not 1 <= args.warmup < args.steps:
         parser.error("need 1 <= --warmup < --steps")
     try:
@@ -462,8 +485,12 @@ def main() -> None:
             "warmup_steps_dropped": args.warmup,
             "rounds": args.rounds,
             "lr": args.lr,
-            "teacher": llama(0, args.teacher_hidden, args.teacher_layers) | {"vocab_size": "per case"},
-            "student": llama(0, args.student_hidden, args.student_layers) | {"vocab_size": "per case"},
+            "shape": args.shape,
+            "teacher_sft_steps": args.teacher_sft_steps,
+            "teacher": llama(0, args.teacher_hidden, args.teacher_layers, args.shape)
+            | {"vocab_size": "per case"},
+            "student": llama(0, args.student_hidden, args.student_layers, args.shape)
+            | {"vocab_size": "per case"},
             "threads": torch.get_num_threads(),
             "dtype": "float32",
             "trl": "GKDTrainer lmbda=0 beta=0 (loss at T=1), optim adamw_torch, cosine, clip 1.0, logging_steps 10",
