@@ -3,7 +3,8 @@
 For every example (keyed by its string id, e.g. the generation record_id) the store holds three tensors
 aligned with the example's input_ids (length L):
 
-    topk_ids       int32   (L, k)  the teacher's k most likely next tokens; -1 = absent entry
+    topk_ids       int32   (L, k)  the teacher's k most likely next tokens, distinct within a row (checked
+                                   when written); -1 = absent entry
     topk_logprobs  float32 (L, k)  their log-probabilities under the teacher's full softmax; -inf if absent
     valid          bool    (L,)    rows that carry a signal
 
@@ -204,7 +205,27 @@ def _check_rows(example_id: str, rows: Mapping[str, Tensor], layout: RowLayout, 
         wanted = ", ".join(f"{name} {spell(expected[name])}" for name in names)
         got = ", ".join(f"{name} {shapes[name]}" for name in names)
         raise ValueError(f"example {example_id!r}: expected {wanted}; got {got}")
-    return {name: rows[name].detach().to("cpu", dtype).contiguous() for name, dtype, _ in layout.fields}
+    checked = {name: rows[name].detach().to("cpu", dtype).contiguous() for name, dtype, _ in layout.fields}
+    if "topk_ids" in checked:
+        _check_distinct_ids(example_id, checked["topk_ids"])
+    return checked
+
+
+def _check_distinct_ids(example_id: str, topk_ids: Tensor) -> None:
+    """Refuse a row that lists a token id twice: a sparse loss would count the student's mass there twice."""
+    if topk_ids.shape[-1] < 2:
+        return
+    ids = topk_ids.sort(dim=-1).values  # (L, k); absent entries (-1) first
+    repeated = (ids[:, 1:] == ids[:, :-1]) & (ids[:, 1:] != ABSENT_ID)  # (L, k - 1)
+    if not bool(repeated.any()):
+        return
+    row, col = (int(i) for i in repeated.nonzero()[0])
+    token = int(ids[row, col + 1])
+    entries = (topk_ids[row] == token).nonzero().flatten().tolist()
+    raise ValueError(
+        f"example {example_id!r}: topk_ids row {row} lists token id {token} more than once (entries "
+        f"{', '.join(map(str, entries))}); the ids of a row must be distinct"
+    )
 
 
 # ---------------------------------------------------------------- the writer

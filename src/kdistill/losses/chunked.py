@@ -82,7 +82,13 @@ from torch import Tensor
 from kdistill.losses.divergence import DIVERGENCES, ClosedForm, Divergence, PerToken, check_temperature
 from kdistill.losses.masking import check_reduction
 from kdistill.losses.numerics import compute_dtype
-from kdistill.losses.topk import present_entries, scatter_ids, teacher_bucket_log_probs
+from kdistill.losses.topk import (
+    condition_on_top_k,
+    over_full_rows,
+    present_entries,
+    scatter_ids,
+    teacher_bucket_log_probs,
+)
 
 IGNORE_INDEX = -100  # label that marks a token without a CE term
 _RESERVED = ("mask", "temperature", "scale_by_t2", "reduction", "num_tokens")
@@ -241,6 +247,8 @@ def _sparse_chunk(
     present = present_entries(teacher_ids, mask)  # (c, k)
     ids, any_present = scatter_ids(teacher_ids, present)  # (c, k), (c, 1)
     log_p_t = teacher_bucket_log_probs(teacher_logprobs, present, vocab, T, dtype)  # (c, k + 1)
+    over_full = over_full_rows(teacher_logprobs, present, vocab, dtype)  # (c,): compare the conditionals
+    log_p_t = condition_on_top_k(log_p_t, over_full)
     z_top = z.gather(1, ids)  # (c, k)
     labelled = lab_ids = e1 = None
     if labels is not None:
@@ -267,7 +275,7 @@ def _sparse_chunk(
 
     with torch.enable_grad():
         lq = log_q.requires_grad_(weights is not None)
-        per_token = terms.per_token(lq, log_p_t)  # (c,)
+        per_token = terms.per_token(condition_on_top_k(lq, over_full), log_p_t)  # (c,)
         if terms.scale_by_t2:
             per_token = per_token * T**2
         if mask is not None:

@@ -4,7 +4,10 @@ The teacher is known only on its k most likely tokens per position: teacher_ids 
 and teacher_logprobs (..., k) at temperature 1 (-inf at padding by convention). The vocabulary is collapsed
 into k + 1 categories, the k teacher tokens and one tail bucket with the remaining mass of each side, and
 the divergence's per-token formula (its record in `kdistill.losses.token`) is applied to those; how the
-buckets and the tempered teacher tail are formed is in `kdistill.losses.topk`.
+buckets and the tempered teacher tail are formed is in `kdistill.losses.topk` (and docs/topk_tail.md): at
+T != 1 the teacher's tail is tempered as one category, which underestimates it for T > 1 and overestimates
+it for T < 1; a row whose top-k mass rounds to >= 1 is compared conditioned on its top-k ids; a row that
+repeats an id is a ValueError.
 
 Every divergence has this sparse form, derived from its record: `SPARSE_TOKEN_DIVERGENCES.get(name)`, or
 `DIVERGENCES.get(name).sparse`; the built-in ones keep their names here (`sparse_forward_kl`, ...).

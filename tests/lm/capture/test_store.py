@@ -24,7 +24,7 @@ K = 4
 
 def _rows(seed: int, length: int, k: int = K) -> SignalRows:
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 500, (length, k), generator=g, dtype=torch.int32)
+    ids = torch.rand((length, 500), generator=g).argsort(dim=-1)[:, :k].to(torch.int32)  # distinct per row
     logprobs = -torch.rand((length, k), generator=g) * 10
     valid = torch.rand(length, generator=g) > 0.3
     ids[0, -1], logprobs[0, -1] = -1, float("-inf")  # an absent entry round-trips too
