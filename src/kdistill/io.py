@@ -14,17 +14,17 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Replace `path` with `data` atomically; on any error the old file is untouched and no temp file remains."""
     target = Path(path)
-    # mkstemp creates the file private (0600); keep an existing file's mode, else the usual 0644.
+    # mkstemp creates the file private (0600); keep an existing file's mode, else the one open() would give.
     try:
         mode = stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
-        mode = 0o644
+        mode = new_file_mode()
     # Same directory as the target: os.replace is only atomic within one filesystem.
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -37,6 +37,52 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        raise
+    return target
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0666 less the process umask (0644 under the usual 022).
+
+    Files written through a private temporary file (mkstemp, safetensors' `save_file`) are 0600; weights
+    and checkpoints are chmod-ed to this so other users and tools read them like any other output.
+    """
+    try:  # Linux: read it without changing it (os.umask can only be read by setting it, racing other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_readable(directory: str | os.PathLike[str]) -> None:
+    """Give every file under `directory` the mode of a new file (`new_file_mode`): writers that go through
+    a private temporary file (safetensors' `save_file`, so `save_pretrained`) leave their files 0600."""
+    mode = new_file_mode()
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
+def atomic_save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:
+    """`tensors` as a safetensors file at `path`, written beside it and renamed into place, readable like
+    any other output (`new_file_mode`, not safetensors' private 0600)."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     return target
 
@@ -65,12 +111,15 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def lock_directory(lock_file: str | os.PathLike[str], busy: Callable[[], Exception]) -> IO[bytes]:
-    """Take an exclusive, non-blocking flock on `lock_file` (created if missing) and return its handle.
+def lock_directory(
+    lock_file: str | os.PathLike[str], busy: Callable[[], Exception] | None = None, *, wait: bool = False
+) -> IO[bytes]:
+    """Take an exclusive flock on `lock_file` (created if missing) and return its handle.
 
     One writer per store directory: a second process gets `busy()` raised at once instead of interleaving
-    its rows. Closing the handle (or the process dying) releases the lock. Without fcntl (not POSIX) the
-    file is opened but nothing is locked.
+    its rows (`wait`: it blocks until the holder releases instead; no `busy` needed). Closing the handle
+    (or the process dying) releases the lock. Without fcntl (not POSIX) the file is opened but nothing is
+    locked.
     """
     lock = Path(lock_file).open("ab")
     try:
@@ -78,8 +127,13 @@ def lock_directory(lock_file: str | os.PathLike[str], busy: Callable[[], Excepti
     except ImportError:  # not POSIX: no cross-process lock
         return lock
     try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         lock.close()
+        if busy is None:
+            raise
         raise busy() from None
+    except BaseException:  # Ctrl-C while waiting
+        lock.close()
+        raise
     return lock

@@ -32,7 +32,7 @@ from kdistill.evaluation import (
 from kdistill.runs.logger import RunLogger
 from kdistill.runs.run_dir import (
     RunResult,
-    open_run_dir,
+    claim_run_dir,
     pick_device,
     run_record,
     start_manifest,
@@ -51,22 +51,29 @@ def run(
     fresh: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    wait: bool = False,
 ) -> RunResult:
-    """Run (or continue) the whole experiment described by `cfg`, with `cfg.threads` torch threads."""
-    with torch_threads(cfg.torch_threads()):
+    """Run (or continue) the whole experiment described by `cfg`, with `cfg.threads` torch threads.
+
+    One process at a time runs a config in `runs_dir`: another one raises `RunBusyError`, or with `wait`
+    is waited for (and its finished run returned)."""
+    with torch_threads(cfg.torch_threads()), claim_run_dir(cfg, runs_dir, fresh=fresh, wait=wait) as claim:
+        if claim.finished:
+            return claim.finished_result()
         t0 = time.perf_counter()
-        run_dir, resumed = open_run_dir(cfg, runs_dir, fresh=fresh)
+        run_dir, resumed = claim.run_dir, claim.resumed
         device = pick_device(cfg.device)
         data = load_data(cfg.data)
         manifest = start_manifest(cfg, run_dir, resumed=resumed, seeds=cfg.seeds)
         manifest |= {"data_hash": data.fingerprint(), "device": str(device), "data": data_sizes(data)}
         write_config(run_dir, cfg)
+        write_manifest(run_dir, manifest)
         logger = RunLogger.for_run(run_dir, cfg, console=console)
         with logger.shown():
             teacher, manifest["teacher"] = load_teacher(
                 cfg.teacher, data, device, cache_root=cache_root, logger=logger
             )
-            write_manifest(run_dir, manifest)  # from here on, a rerun of this config continues this run
+            write_manifest(run_dir, manifest)
             ctx = RunContext(cfg, data, teacher, device, run_dir, logger, stop_after)
             trained = train_students(ctx)
         metrics = evaluate_models(cfg, ctx, trained)

@@ -30,13 +30,14 @@ from kdistill.encoders.config import (
     EncoderRunConfig,
     EncoderStudentConfig,
 )
+from kdistill.runs.checkpoint import discard_checkpoints
 from kdistill.runs.clock import TrainClock
 from kdistill.runs.locations import default_cache_root, resolve_model_ref
 from kdistill.runs.logger import RunLogger
 from kdistill.runs.markers import cached_json, mark_done, read_done
 from kdistill.runs.run_dir import (
     RunResult,
-    open_run_dir,
+    claim_run_dir,
     run_record,
     start_manifest,
     write_config,
@@ -60,38 +61,43 @@ def run_encoder(
     fresh: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    wait: bool = False,
 ) -> RunResult:
     """Run (or continue) the encoder distillation `cfg` describes; `stop_after` stops each student's
-    training after that many steps (tests use it to simulate a kill)."""
+    training after that many steps (tests use it to simulate a kill). One process at a time runs a config
+    in `runs_dir`: another one raises `RunBusyError`, or with `wait` is waited for."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     teacher_path = resolve_model_ref(cfg.teacher.model)  # a wrong reference fails before a run dir is made
-    run_dir, resumed = open_run_dir(cfg, runs_dir, fresh=fresh)
-    write_config(run_dir, cfg)
-    manifest = start_manifest(cfg, run_dir, resumed=resumed, seeds=[cfg.seed])
-    write_manifest(run_dir, manifest)
-    t0 = time.perf_counter()
-    logger = RunLogger.for_run(run_dir, cfg, console=console)
-    with torch_threads(cfg.torch_threads()), logger.shown():
-        teacher = load_teacher(cfg, teacher_path)
-        data = build_encoder_data(cfg.corpus)
-        cache, cache_report = embed_training_texts(
-            teacher, data, cache_root or default_cache_root(), cfg.evaluation.batch_size, logger
-        )
-        held_out = HeldOutEvaluation(data, teacher, cfg.evaluation, logger)
-        manifest |= inputs_record(cfg, teacher_path, teacher, data, held_out, cache_report)
+    with claim_run_dir(cfg, runs_dir, fresh=fresh, wait=wait) as claim:
+        if claim.finished:
+            return claim.finished_result()
+        run_dir, resumed = claim.run_dir, claim.resumed
+        write_config(run_dir, cfg)
+        manifest = start_manifest(cfg, run_dir, resumed=resumed, seeds=[cfg.seed])
         write_manifest(run_dir, manifest)
-        teacher_eval = held_out.cached(run_dir / "eval_teacher.json", teacher, "teacher")
-        pairs = list(data.train.items())
-        session = StudentSession(run_dir, teacher, cache, pairs, held_out, logger, cfg.seed, stop_after)
-        outcomes = [distil_student(spec, session) for spec in cfg.students]
-        metrics = encoder_metrics(cfg, data, held_out, teacher_eval, outcomes)
-        metrics["run"] = run_record(cfg, run_dir, manifest["started"], t0, seeds=[cfg.seed], device="cpu")
-    from kdistill.evaluation import write_report
+        t0 = time.perf_counter()
+        logger = RunLogger.for_run(run_dir, cfg, console=console)
+        with torch_threads(cfg.torch_threads()), logger.shown():
+            teacher = load_teacher(cfg, teacher_path)
+            data = build_encoder_data(cfg.corpus)
+            cache, cache_report = embed_training_texts(
+                teacher, data, cache_root or default_cache_root(), cfg.evaluation.batch_size, logger
+            )
+            held_out = HeldOutEvaluation(data, teacher, cfg.evaluation, logger)
+            manifest |= inputs_record(cfg, teacher_path, teacher, data, held_out, cache_report)
+            write_manifest(run_dir, manifest)
+            teacher_eval = held_out.cached(run_dir / "eval_teacher.json", teacher, "teacher")
+            pairs = list(data.train.items())
+            session = StudentSession(run_dir, teacher, cache, pairs, held_out, logger, cfg.seed, stop_after)
+            outcomes = [distil_student(spec, session) for spec in cfg.students]
+            metrics = encoder_metrics(cfg, data, held_out, teacher_eval, outcomes)
+            metrics["run"] = run_record(cfg, run_dir, manifest["started"], t0, seeds=[cfg.seed], device="cpu")
+        from kdistill.evaluation import write_report
 
-    write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
-    write_metrics(run_dir, metrics)  # last: marks the run finished
+        write_report(run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=manifest)
+        write_metrics(run_dir, metrics)  # last: marks the run finished
     return RunResult(run_dir, metrics, resumed)
 
 
@@ -333,6 +339,7 @@ def distil_student(spec: EncoderStudentConfig, s: StudentSession) -> StudentOutc
     done = read_done(job)
     if done is not None and (out_dir / "modules.json").is_file():
         student = load_saved_encoder(out_dir)
+        discard_checkpoints(job / "checkpoints")  # left by a kill right after done.json, or an older version
         s.logger.job(spec.name, f"train: {spec.name}", total=done["steps"]).done()
     else:
         student, done = train_student(spec, s, job, out_dir)
@@ -392,6 +399,7 @@ def train_student(
         "student": made,
     }
     mark_done(job, done)
+    discard_checkpoints(job / "checkpoints")  # the saved student and done.json are all a rerun reads
     return student, done
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from kdistill.encoders.models import StaticEmbeddingStudent, TextEncoder, load_encoder
+from kdistill.io import make_readable
 
 __all__ = ["load_saved_encoder", "save_sentence_transformer"]
 
@@ -138,6 +139,7 @@ def save_sentence_transformer(
             "normalize": encoder.normalize,
         }
         _write_json(tmp / KDISTILL_FILE, info)
+        make_readable(tmp)  # safetensors' save_file (and save_pretrained) leave their files 0600
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

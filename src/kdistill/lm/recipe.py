@@ -22,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,16 @@ from torch import nn
 from kdistill.evaluation import write_report
 from kdistill.io import atomic_write_text
 from kdistill.lm.config import LMRunConfig, LMTeacherConfig
+from kdistill.runs.checkpoint import discard_checkpoints
 from kdistill.runs.clock import TrainClock
 from kdistill.runs.locations import default_cache_root, resolve_model_ref, resolve_prompts
 from kdistill.runs.logger import RunLogger
 from kdistill.runs.markers import cached_json, mark_done, read_done
 from kdistill.runs.run_dir import (
     METRICS,
+    RunClaim,
     RunResult,
-    open_run_dir,
+    claim_run_dir,
     run_record,
     start_manifest,
     write_config,
@@ -118,13 +121,20 @@ def run_lm(
     fresh: bool = False,
     console: Console | None = None,
     stop_after: int | None = None,
+    wait: bool = False,
 ) -> RunResult:
-    """Run (or continue) the experiment of `cfg`; `stop_after` ends training after that many steps."""
+    """Run (or continue) the experiment of `cfg`; `stop_after` ends training after that many steps. One
+    launch at a time runs a config in `runs_dir`: another one raises `RunBusyError` (in its main process),
+    or with `wait` waits for it (and returns its finished run)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # kdistill's own progress bars say what is happening
-    with torch_threads(cfg.torch_threads()):
-        run = open_run(cfg, runs_dir, cache_root or default_cache_root(), fresh=fresh, console=console)
+    with torch_threads(cfg.torch_threads()), ExitStack() as held:
+        procs = PartialState(cpu=not torch.cuda.is_available())
+        claim = claim_run(cfg, runs_dir, procs, held, fresh=fresh, wait=wait)
+        if claim.finished:
+            return claim.finished_result()
+        run = open_run(cfg, claim, procs, cache_root or default_cache_root(), console=console)
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         if cfg.student.init == "pretrained":
@@ -172,19 +182,26 @@ def run_lm(
 # -- 1. the run ---------------------------------------------------------------------------------------------
 
 
-def open_run(
-    cfg: LMRunConfig, runs_dir: Path, cache_root: Path, *, fresh: bool, console: Console | None
-) -> LMRun:
-    """The unfinished run of this config or a new one, chosen by the main process and shared with the
-    others; its config.yaml and manifest.json written; the logger (console and trackers on the main only)."""
-    procs = PartialState(cpu=not torch.cuda.is_available())
-    chosen: list[Any] = [None, None]
+def claim_run(
+    cfg: LMRunConfig, runs_dir: Path, procs: PartialState, held: ExitStack, *, fresh: bool, wait: bool
+) -> RunClaim:
+    """The run folder, claimed by the main process (it holds the config's lock until `held` closes) and
+    shared with the others: they never lock, so the ranks of one launch do not refuse each other."""
+    chosen: list[Any] = [None, None, None]
     if procs.is_main_process:
-        run_dir, resumed = open_run_dir(cfg, runs_dir, fresh=fresh)
-        chosen = [str(run_dir), resumed]
+        claim = held.enter_context(claim_run_dir(cfg, runs_dir, fresh=fresh, wait=wait))
+        chosen = [str(claim.run_dir), claim.resumed, claim.finished]
     if procs.num_processes > 1:
         broadcast_object_list(chosen)
-    run_dir, resumed = Path(chosen[0]), bool(chosen[1])
+    return RunClaim(Path(chosen[0]), resumed=bool(chosen[1]), finished=bool(chosen[2]))
+
+
+def open_run(
+    cfg: LMRunConfig, claim: RunClaim, procs: PartialState, cache_root: Path, *, console: Console | None
+) -> LMRun:
+    """The claimed run with its config.yaml and manifest.json written; the logger (console and trackers on
+    the main process only)."""
+    run_dir, resumed = claim.run_dir, claim.resumed
     manifest = start_manifest(cfg, run_dir, resumed=resumed, seeds=[cfg.seed])
     if procs.is_main_process:
         write_config(run_dir, cfg)
@@ -709,6 +726,8 @@ def train_arm(
     finished = read_done(job_dir)
     if finished is not None and (out_dir / "config.json").is_file():
         log.done()
+        if run.main:  # left by a kill right after done.json, or by an older version
+            discard_checkpoints(job_dir / "checkpoints")
         return Arm(kind, load_causal_lm(out_dir), finished["history"], finished.get("train_seconds"))
     clock = TrainClock(job_dir / "train_clock.json", write=run.main)
 
@@ -736,8 +755,9 @@ def train_arm(
     if not result.finished:
         raise RuntimeError("training stopped early (stop_after)")
     seconds = round(clock.seconds, 3)
-    if run.main:
+    if run.main:  # every process is past its last checkpoint (train_objective ends with a barrier)
         mark_done(job_dir, {"history": result.history, "steps": steps, "train_seconds": seconds})
+        discard_checkpoints(job_dir / "checkpoints")  # the saved student and done.json are all a rerun reads
     return Arm(kind, result.model, result.history, seconds)
 
 

@@ -54,7 +54,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, gather
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kdistill.io import atomic_write_text
+from kdistill.io import atomic_write_text, make_readable
 from kdistill.lm.config import LMTrainConfig, LoraConfig
 from kdistill.lm.objectives import LOGGED_ONLY, Objective, SFTObjective
 from kdistill.lm.sft_data import collate, count_response_tokens
@@ -122,6 +122,7 @@ def save_model(
     merge_lora(model).save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    make_readable(tmp)  # save_pretrained leaves its safetensors files 0600
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)

@@ -4,7 +4,8 @@ A state is a nested structure of dicts, lists, tuples, tensors, numpy arrays and
 optimizer state dicts, RNG states, the data position). Tensors go to `tensors.safetensors`, everything else
 to `state.json`, so loading never unpickles anything. A checkpoint is a directory `step-<N>` written under a
 temporary name and renamed into place; `latest` names the newest complete one and is itself replaced
-atomically, so a kill at any instant leaves a loadable checkpoint.
+atomically, so a kill at any instant leaves a loadable checkpoint. Once a job is finished (its weights and
+done.json written) its checkpoints are discarded (`discard_checkpoints`).
 
 Sharded training (FSDP) saves with `torch.distributed.checkpoint` instead (`save_sharded_training_state`):
 every process writes its own shards of the model and optimizer into the same `step-<N>` directory (a shared
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from kdistill.io import atomic_write_text
+from kdistill.io import atomic_save_safetensors, atomic_write_text
 
 TENSORS = "tensors.safetensors"
 STRUCTURE = "state.json"
@@ -91,11 +92,10 @@ def save_checkpoint(directory: Path, step: int, state: Any, *, keep: int = 2) ->
 def write_state_files(path: Path, step: int, state: Any) -> None:
     """`state` as tensors.safetensors + state.json in the existing directory `path`, synced to disk."""
     skeleton, tensors = flatten_state(state)
-    save_file(tensors, str(path / TENSORS))
+    atomic_save_safetensors(path / TENSORS, tensors)  # synced, and readable like the run's other files
     (path / STRUCTURE).write_text(json.dumps({"step": step, "state": skeleton}))
-    for name in (TENSORS, STRUCTURE):
-        with open(path / name, "rb") as fh:
-            os.fsync(fh.fileno())
+    with open(path / STRUCTURE, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def publish_checkpoint(directory: Path, written: Path, step: int, *, keep: int = 2) -> Path:
@@ -109,6 +109,12 @@ def publish_checkpoint(directory: Path, written: Path, step: int, *, keep: int =
     for old in sorted(directory.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def discard_checkpoints(directory: Path) -> None:
+    """Delete a finished job's resume points: its final weights and done.json are all a rerun reads, and
+    the checkpoints (model, optimizer state, two of them) would otherwise stay several times its size."""
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def load_latest_checkpoint(directory: Path) -> tuple[int, Any] | None:

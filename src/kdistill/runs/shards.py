@@ -19,7 +19,9 @@ from kdistill.io import sha256_file
 
 MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"^shard-(\d{5,})\.safetensors$")
-OWN_FILES = re.compile(r"^(manifest\.json|\.lock|shard-\d{5,}\.safetensors|candidates\.safetensors|\..*\.tmp)$")
+OWN_FILES = re.compile(
+    r"^(manifest\.json|\.lock|shard-\d{5,}\.safetensors|candidates\.safetensors|\..*\.tmp)$"
+)
 """Every file a store writes; anything else in its directory means the directory is not a store."""
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from kdistill.classic.config import RunConfig, TrainConfig
@@ -17,7 +17,9 @@ from kdistill.classic.loop import LossFn, train
 from kdistill.classic.taps import FeatureTap
 from kdistill.classic.zoo import build_model
 from kdistill.evaluation.metrics import accuracy
+from kdistill.io import atomic_save_safetensors, lock_directory
 from kdistill.registry import Registry
+from kdistill.runs.checkpoint import discard_checkpoints
 from kdistill.runs.logger import JobLog, RunLogger
 from kdistill.runs.markers import mark_done, read_done
 
@@ -93,6 +95,9 @@ class RunContext:
         )
 
 
+WEIGHTS, CHECKPOINTS, JOB_LOCK = "model.safetensors", "checkpoints", ".lock"
+
+
 class JobInterrupted(RuntimeError):
     """A job stopped before its last step (only when a test asks for it with stop_after)."""
 
@@ -111,15 +116,51 @@ def run_job(
     stop_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """Idempotent training job: `model.safetensors` then the `done.json` marker (holding the history) end
-    it; checkpoints resume it. `log` receives every history entry (progress bar, trackers)."""
-    weights = job_dir / "model.safetensors"
-    if (done := read_done(job_dir)) is not None:
-        module.load_state_dict(load_file(str(weights), device=str(next(module.parameters()).device)))
-        module.eval()
-        if log is not None:
-            log.done()  # finished in an earlier session: show it as done
-        return done["history"]
-    job_dir.mkdir(parents=True, exist_ok=True)
+    it; checkpoints resume it and are deleted once it is done. `log` receives every history entry
+    (progress bar, trackers)."""
+    done = read_done(job_dir)
+    if done is None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        # one trainer per job: a cached teacher is shared by every run (of any config) that needs it, and
+        # two processes training it at once would overwrite each other's checkpoints
+        with lock_directory(job_dir / JOB_LOCK, wait=True):
+            done = read_done(job_dir)  # another process may have finished it while this one waited
+            if done is None:
+                return train_job(
+                    job_dir,
+                    module,
+                    loss_fn,
+                    x=x,
+                    target=target,
+                    seed=seed,
+                    cfg=cfg,
+                    evaluate=evaluate,
+                    log=log,
+                    stop_after=stop_after,
+                )
+    weights = job_dir / WEIGHTS
+    module.load_state_dict(load_file(str(weights), device=str(next(module.parameters()).device)))
+    module.eval()
+    discard_checkpoints(job_dir / CHECKPOINTS)  # left by a kill right after done.json, or an older version
+    if log is not None:
+        log.done()  # finished in an earlier session: show it as done
+    return done["history"]
+
+
+def train_job(
+    job_dir: Path,
+    module: nn.Module,
+    loss_fn: LossFn,
+    *,
+    x: Tensor,
+    target: Tensor,
+    seed: int,
+    cfg: TrainConfig,
+    evaluate: Callable[[], float] | None,
+    log: JobLog | None,
+    stop_after: int | None,
+) -> list[dict[str, Any]]:
+    """Train (or resume) the job, then its weights, its done.json and, no longer needed, no checkpoints."""
     torch.manual_seed(seed)
     history = train(
         module,
@@ -128,7 +169,7 @@ def run_job(
         target=target,
         cfg=cfg,
         seed=seed,
-        checkpoint_dir=job_dir / "checkpoints",
+        checkpoint_dir=job_dir / CHECKPOINTS,
         evaluate=evaluate,
         on_log=log.log if log is not None else None,
         on_step=log.advance if log is not None else None,
@@ -136,10 +177,11 @@ def run_job(
     )
     if not history or history[-1]["step"] < cfg.steps:
         raise JobInterrupted(f"job {job_dir.name} stopped early")
-    tmp = weights.with_name(".tmp-model.safetensors")
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
-    tmp.replace(weights)
+    atomic_save_safetensors(
+        job_dir / WEIGHTS, {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    )
     mark_done(job_dir, {"history": history, "steps": cfg.steps})
+    discard_checkpoints(job_dir / CHECKPOINTS)
     return history
 
 
