@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from kdistill.evaluation.metrics import count_parameters, size_on_disk_bytes
+from kdistill.weight_files import refuse_pickle_weights
 
 __all__ = [
     "backbone_and_head",
@@ -69,13 +70,16 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     saveable: bool = True,
 ) -> PreTrainedModel:
-    """A causal LM in eval mode, on the CPU.
+    """A causal LM in eval mode, on the CPU; a local folder with pickled weights only (pytorch_model.bin)
+    is refused (PreflightError, a ValueError) without being opened.
 
     GGUF weights are dequantised by transformers, but the model keeps its GGUF quantizer, whose
     `is_serializable()` is False, so `save_pretrained` raises ("quantized with gguf and is not
     serializable"); with `saveable=True` it is rebuilt as a plain model holding the same tensors, so a
     student pruned or fine-tuned from it can be saved and reloaded without the GGUF file.
     """
+    if gguf_file is None:  # transformers would torch.load a folder's pytorch_model.bin: a pickle runs code
+        refuse_pickle_weights(name_or_path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
