@@ -17,7 +17,14 @@ from pydantic import ValidationError
 from kdistill.classic.config import RunConfig
 from kdistill.encoders.config import EncoderRunConfig
 from kdistill.lm.config import LMRunConfig
-from kdistill.schema import ConfigError, apply_overrides, format_validation_errors, parse_yaml, stable_hash
+from kdistill.schema import (
+    ConfigError,
+    apply_overrides,
+    format_validation_errors,
+    parse_yaml,
+    read_config_text,
+    stable_hash,
+)
 
 __all__ = [
     "ConfigError",
@@ -69,11 +76,18 @@ def builtin_recipes() -> list[str]:
 def load_config(
     path_or_recipe: str | Path | None = None, overrides: list[str] | None = None
 ) -> RunConfig | LMRunConfig | EncoderRunConfig:
-    """Load a YAML file, or a built-in recipe by name (None = the default recipe `digits`)."""
+    """Load a YAML file, or a built-in recipe by name (None = the default recipe `digits`).
+
+    The file must hold at least one setting: an empty one would silently run every default."""
     name = "digits" if path_or_recipe is None else str(path_or_recipe)
     path = Path(name)
-    if path.is_file():
-        text, source = path.read_text(), str(path)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+        reason = err.strerror if isinstance(err, OSError) else err
+        raise ConfigError(f"{name[:100]!r}: not a usable file name ({reason})") from None
+    if is_file:
+        text, source = read_config_text(path), str(path)
     elif name in builtin_recipes():
         text = resources.files("kdistill.recipes").joinpath(f"{name}.yaml").read_text()
         source = f"recipe {name}"
@@ -82,6 +96,15 @@ def load_config(
             f"{name}: no such file, and not a built-in recipe (built-in: {', '.join(builtin_recipes())})"
         )
     data = parse_yaml(text, source)
+    if data is None or data == {}:
+        raise ConfigError(
+            f"{source}: the file is empty (no settings, only comments or blank lines); a config needs at "
+            "least one setting, e.g. `name: my_run`"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of config keys at the top level, got {type(data).__name__}"
+        )
     if overrides:
-        data = apply_overrides(data if isinstance(data, dict) else {}, overrides)
+        data = apply_overrides(data, overrides)
     return parse_config(data, source)

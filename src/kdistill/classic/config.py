@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from kdistill.classic.zoo import MODELS
 from kdistill.losses import LOSSES
-from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
+from kdistill.schema import (
+    LOSS_WEIGHT_MAX,
+    LR_MAX,
+    NAME_MAX_LENGTH,
+    TEMPERATURE_MAX,
+    PathValue,
+    ReportTo,
+    RunConfigBase,
+    RunName,
+    Seed,
+    Strict,
+    TrackingURI,
+    nested_error,
+    one_error,
+)
 
 # Arguments the engine feeds a loss itself (tensors, or for a "module" loss the shapes and data-set size):
 # never config params.
@@ -18,6 +31,22 @@ ENGINE_ARGUMENTS = frozenset(
     {"student_logits", "teacher_logits", "target", "student_feature", "teacher_feature", "student_emb"}
     | {"teacher_emb", "student_shape", "teacher_shape", "num_samples"}
 )
+
+# Loss parameters whose meaning the config checks before any training, by name (whichever loss takes them):
+# name -> (low, high, whether each bound itself is allowed). Every parameter must also be finite, and a whole
+# number where the loss function's signature says int.
+PARAM_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "temperature": (0, TEMPERATURE_MAX, False, True),  # softmax temperature (hinton_kd, dkd, crd)
+    "alpha": (0, LOSS_WEIGHT_MAX, True, True),  # dkd: weight of the target-class term
+    "beta": (0, LOSS_WEIGHT_MAX, True, True),  # dkd: weight of the non-target term
+    "momentum": (0, 1, True, False),  # crd: memory-bank momentum (at 1 the bank never moves)
+    "p": (0, 16, False, True),  # attention_transfer: power of the attention map
+    "dim": (1, 65536, True, True),  # crd: embedding size of the contrast heads
+    "negatives": (1, 1_000_000, True, True),  # crd: negatives drawn per sample
+}
+
+# One loss parameter: a finite number (a string such as "4" from YAML is read as one).
+LossParam = Annotated[float | int, one_error("a finite number")]
 
 
 class DataConfig(Strict):
@@ -32,7 +61,7 @@ class DataConfig(Strict):
     num_samples: int | None = Field(
         None, ge=20, description="mnist1d only: total samples generated (default: the package's 5000)"
     )
-    split_seed: int = Field(0, description="seed of the train/test split and of the labeled subset")
+    split_seed: Seed = Field(0, description="seed of the train/test split and of the labeled subset")
 
     @model_validator(mode="after")
     def _extra_needs_generator(self) -> DataConfig:
@@ -47,7 +76,7 @@ class TrainConfig(Strict):
     steps: int = Field(1000, ge=1, description="optimizer steps")
     batch_size: int = Field(64, ge=1, description="samples per step")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="torch optimizer")
-    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    lr: float = Field(1e-3, gt=0, le=LR_MAX, description=f"peak learning rate (at most {LR_MAX:g})")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     scheduler: Literal["constant", "cosine"] = Field(
@@ -59,11 +88,13 @@ class TrainConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    arch: str = Field("cnn_m", description="model-zoo name of the teacher (`kdistill models`)")
-    checkpoint: Path | None = Field(
+    arch: str = Field(
+        "cnn_m", max_length=NAME_MAX_LENGTH, description="model-zoo name of the teacher (`kdistill models`)"
+    )
+    checkpoint: PathValue | None = Field(
         None, description="safetensors weights to load; if unset the teacher is trained and cached"
     )
-    seed: int = Field(0, description="seed of the teacher's own training")
+    seed: Seed = Field(0, description="seed of the teacher's own training")
     train: TrainConfig = Field(default_factory=TrainConfig, description="how the teacher is trained")
     cache_outputs: bool = Field(
         True, description="run the frozen teacher once over the training data and reuse its outputs"
@@ -78,7 +109,7 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    arch: str = Field("cnn_xs", description="model-zoo name of the student")
+    arch: str = Field("cnn_xs", max_length=NAME_MAX_LENGTH, description="model-zoo name of the student")
 
     @field_validator("arch")
     @classmethod
@@ -89,10 +120,17 @@ class StudentConfig(Strict):
 
 
 class LossTerm(Strict):
-    name: str = Field(description="registered loss name (`kdistill methods`)")
-    weight: float = Field(1.0, ge=0, description="multiplier of this term in the summed loss")
-    params: dict[str, float | int] = Field(
-        default_factory=dict, description="the loss function's own arguments, e.g. temperature"
+    name: str = Field(max_length=NAME_MAX_LENGTH, description="registered loss name (`kdistill methods`)")
+    weight: float = Field(
+        1.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"multiplier of this term in the summed loss (0 to {LOSS_WEIGHT_MAX:g})",
+    )
+    params: dict[str, LossParam] = Field(
+        default_factory=dict,
+        description="the loss function's own arguments, e.g. temperature (> 0, at most "
+        f"{TEMPERATURE_MAX:g}); finite numbers only",
     )
     student_layer: str | None = Field(
         None, description="student module path tapped (feature/relation/module terms)"
@@ -108,11 +146,14 @@ class LossTerm(Strict):
         spec = LOSSES.get(self.name)
         signature = inspect.signature(spec.fn)
         allowed = [p for p in signature.parameters if p not in ENGINE_ARGUMENTS]
-        for key in self.params:
+        for key, value in self.params.items():
             if key not in allowed:
                 raise ValueError(
                     f"loss {self.name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or 'none'}"
                 )
+            problem = _param_problem(key, value, str(signature.parameters[key].annotation))
+            if problem:
+                raise nested_error(f"params.{key}", f"{problem} (got {value!r})")
         if spec.role in ("feature", "module") and not (self.student_layer and self.teacher_layer):
             raise ValueError(f"{spec.role} loss {self.name!r} needs student_layer and teacher_layer")
         if spec.role in ("label", "response") and (self.student_layer or self.teacher_layer):
@@ -120,6 +161,20 @@ class LossTerm(Strict):
         if (self.student_layer is None) != (self.teacher_layer is None):
             raise ValueError("give both student_layer and teacher_layer, or neither (= the logits)")
         return self
+
+
+def _param_problem(key: str, value: float, annotation: str) -> str | None:
+    """What is wrong with one loss parameter (None: nothing), checked at config time so the error names it."""
+    if annotation in ("int", "<class 'int'>") and value != int(value):
+        return "must be a whole number"
+    if key not in PARAM_BOUNDS:
+        return None
+    low, high, low_allowed, high_allowed = PARAM_BOUNDS[key]
+    if value < low or (value == low and not low_allowed):
+        return f"must be {'>=' if low_allowed else '>'} {low:g}"
+    if value > high or (value == high and not high_allowed):
+        return f"must be {'<=' if high_allowed else '<'} {high:g}"
+    return None
 
 
 class MethodConfig(Strict):
@@ -140,10 +195,15 @@ class EvaluationConfig(Strict):
 
 
 class RunConfig(RunConfigBase):
-    name: str = Field(
-        "run", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory"
+    name: RunName = Field(
+        "run", description="run name, prefix of the run directory (letters, digits, _.-; at most 100)"
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="student seeds")
+    seeds: list[Seed] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        max_length=1000,
+        description="student seeds, one student trained per seed (1 to 1000 of them, each in [0, 2**32))",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     threads: int | None = Field(
         1,
@@ -168,7 +228,9 @@ class RunConfig(RunConfigBase):
     @model_validator(mode="after")
     def _method_rules(self) -> RunConfig:
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds must be distinct")
+            raise nested_error("seeds", "must be distinct")
+        if self.method.name != "none" and not any(term.weight > 0 for term in self.loss):
+            raise nested_error("loss", "every loss weight is 0: nothing would train the student")
         if self.method.name == "mutual":
             for term in self.loss:
                 if LOSSES.get(term.name).role not in ("label", "response"):

