@@ -49,6 +49,17 @@ def capture_command(
             "(vLLM; same as source: server and server.base_url: URL in the config)",
         ),
     ] = None,
+    max_token_mismatch: Annotated[
+        float | None,
+        typer.Option(
+            "--max-token-mismatch",
+            min=0.0,
+            max=1.0,
+            help="source endpoint/server: refuse when more than this share (0..1) of the endpoint's answer "
+            "tokens disagree with the tokenizer's (same as max_token_mismatch in the config; default 0.05)",
+            show_default=False,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -101,6 +112,7 @@ def capture_command(
                 *(overrides or []),
                 *(["cross_tokenizer=true"] if cross_tokenizer else []),
                 *([f"server.base_url={base_url}", "source=server"] if base_url else []),
+                *([f"max_token_mismatch={max_token_mismatch}"] if max_token_mismatch is not None else []),
                 *_shard_override(shard),
             ],
         )
@@ -134,7 +146,8 @@ def capture_command(
         share = ep.mismatched_tokens / max(ep.endpoint_tokens, 1)
         console.print(
             f"[yellow]note:[/] {ep.mismatched_tokens} of {ep.endpoint_tokens} endpoint tokens ({share:.1%}) do "
-            "not match this tokenizer's tokenization of the answers; those positions carry no signal",
+            "not match this tokenizer's tokenization of the answers; those positions carry no signal "
+            f"(the limit: {cfg.max_token_mismatch * 100:g}%, --max-token-mismatch)",
             soft_wrap=True,
         )
     if ep is not None and ep.rows_without_logprobs:

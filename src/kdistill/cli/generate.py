@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from kdistill.cli.output import console, err_console, fail
+from kdistill.cli.output import FittingProgress, console, err_console, fail
 
 EXIT_MISSING = 1  # the run ended with records still missing (errors, or stopped early): rerun to fill
 EXIT_INTERRUPTED = 130
@@ -105,7 +106,7 @@ def generate_command(
     from pydantic import ValidationError
 
     from kdistill.generate.prompts import PromptFileError
-    from kdistill.generate.run import GenerationError, generate, load_generation_config
+    from kdistill.generate.run import GenerationError, check_servers, generate, load_generation_config
     from kdistill.generate.store import GenerationStoreError
     from kdistill.generate.teachers import TeacherError
     from kdistill.schema import ConfigError
@@ -148,6 +149,8 @@ def generate_command(
 
     view = _ProgressView(err_console) if not as_json else None
     try:
+        for note in check_servers(cfg):  # seconds: an absent server or a wrong model name fails here
+            err_console.print(f"[dim]note: {escape(note)}[/]", soft_wrap=True, highlight=False)
         try:
             summary = generate(cfg, progress=view)
         finally:
@@ -178,9 +181,13 @@ def generate_command(
     if summary.stopped:
         err_console.print(f"[bold red]stopped:[/] {summary.stopped}", soft_wrap=True, highlight=False)
     if summary.missing:
+        todo = (
+            "check the base URL (see the note above), then rerun the same command"
+            if "http_404" in summary.error_codes
+            else "rerun the same command to retry them"
+        )
         err_console.print(
-            f"{summary.missing} records have no row yet (see {Path(summary.out_dir) / 'errors.jsonl'}); "
-            "rerun the same command to retry them",
+            f"{summary.missing} records have no row yet (see {Path(summary.out_dir) / 'errors.jsonl'}); {todo}",
             soft_wrap=True,
             highlight=False,
         )
@@ -215,42 +222,48 @@ def _put(target: dict[str, Any], **values: Any) -> None:
 
 
 class _ProgressView:
-    """A rich progress bar fed by the library's progress callback (done/total, rates, ETA, trouble)."""
+    """A rich progress bar fed by the library's progress callback: done/total, answered requests per
+    second, tokens per second, trouble (retries, rejects, errors: only those that happened), elapsed, ETA.
+
+    The line fits the console (`FittingProgress`): the bar goes first, then tok/s, then the trouble, so
+    that the count, rate, elapsed time and ETA are always there. The rate counts answered requests only
+    ("ok req/s"): failed attempts say nothing about how fast the work gets done.
+    """
 
     def __init__(self, console: Any) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
-        self.progress = _with_endpoint_lines(Progress)(
+        bar = BarColumn(bar_width=30)
+        tokens = TextColumn("{task.fields[tps]:.0f} tok/s")
+        trouble = TextColumn("{task.fields[trouble]}")
+        self.progress = _with_endpoint_lines(FittingProgress)(
             TextColumn("[bold]generate"),
-            BarColumn(),
+            bar,
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rps]:.1f} req/s"),
-            TextColumn("{task.fields[tps]:.0f} tok/s"),
-            TextColumn("retries {task.fields[retries]}"),
-            TextColumn("rejects {task.fields[rejects]}"),
-            TextColumn("errors {task.fields[errors]}"),
+            TextColumn("{task.fields[rps]:.1f} ok req/s"),
+            tokens,
+            trouble,
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             console=console,
+            drop_first=[bar, tokens, trouble],
         )
         self.task: Any = None
 
     def __call__(self, stats: Any) -> None:
         elapsed = max(stats.elapsed, 1e-6)
+        counts = {"retries": stats.retries, "rejects": stats.rejected, "errors": stats.errors}
         fields = {
-            "rps": stats.requests / elapsed,
+            "rps": stats.answered / elapsed,
             "tps": stats.completion_tokens / elapsed,
-            "retries": stats.retries,
-            "rejects": stats.rejected,
-            "errors": stats.errors,
+            "trouble": " ".join(f"{name} {n}" for name, n in counts.items() if n),
         }
         self.progress.endpoint_lines = [_endpoint_line(e) for e in getattr(stats, "endpoints", ())]
         if self.task is None:  # rows done before this run must not count towards the speed (ETA)

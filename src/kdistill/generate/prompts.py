@@ -19,6 +19,10 @@ number (CSV, Parquet, dataset) stands in. Give explicit ids if you may reorder o
 id is part of every generated row's record id, so a renumbered prompt counts as a new one. Ids must be
 unique; the same prompt *text* under two ids is legitimate and generated twice (two records). Other keys
 or columns are ignored. Every error names the file, the line or row, and what was expected.
+
+A prompt that is empty or only whitespace (or a chat whose last message is) is an error, not skipped: a
+server answers it anyway (with whatever it makes of nothing), and skipping it silently would leave a hole
+in the data set that nobody asked for.
 """
 
 from __future__ import annotations
@@ -125,8 +129,18 @@ def _to_prompt(record: Any, number: int, where: str) -> Prompt:
     if text is not None:
         if not isinstance(text, str) or not text:
             raise PromptFileError(f"{where}: 'prompt' must be a non-empty string, got {text!r:.60}")
+        if not text.strip():
+            raise PromptFileError(
+                f"{where}: 'prompt' is only whitespace ({text!r:.20}); expected text for the teacher to answer"
+            )
         return Prompt(id=prompt_id, prompt=text, where=where)
-    return Prompt(id=prompt_id, messages=_check_messages(messages, where), where=where)
+    checked = _check_messages(messages, where)
+    if not checked[-1]["content"].strip():
+        raise PromptFileError(
+            f"{where}: messages[{len(checked) - 1}] (the last message) has no text, only "
+            f"{checked[-1]['content']!r:.20}; expected text for the teacher to answer"
+        )
+    return Prompt(id=prompt_id, messages=checked, where=where)
 
 
 def _extra_columns(record: dict[str, Any], columns: Sequence[str], where: str) -> dict[str, Any]:
@@ -173,10 +187,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if not line.strip():
                 continue
             try:
-                yield number, json.loads(line)
+                # without its line break, so that an error at the line's end is placed there (the break
+                # would put it at column 1 of a "line 2" of this one line)
+                yield number, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
+                at_end = ", the end of the line" if err.pos >= len(err.doc.rstrip()) else ""
                 raise PromptFileError(
-                    f"{path}: line {number}: invalid JSON ({err.msg} at column {err.colno}); "
+                    f"{path}: line {number}: invalid JSON ({err.msg} at column {err.colno}{at_end}); "
                     "expected one object per line"
                 ) from None
 
@@ -192,9 +209,10 @@ def _csv_rows(path: Path, extra: Sequence[str] = ()) -> Iterator[tuple[int, Any]
                 )
             for number, row in enumerate(reader, start=1):
                 # an empty cell means "no value", so a file may mix prompt and messages rows
-                yield number, {
-                    k: (v if v != "" else None) for k, v in row.items() if k in _COLUMNS or k in extra
-                }
+                yield (
+                    number,
+                    {k: (v if v != "" else None) for k, v in row.items() if k in _COLUMNS or k in extra},
+                )
     except UnicodeDecodeError:
         raise PromptFileError(f"{path}: not valid UTF-8") from None
     except csv.Error as err:

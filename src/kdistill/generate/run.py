@@ -32,6 +32,10 @@ so samples differ from each other yet are reproducible.
 (`kdistill.runs.sharding`): N jobs, each with its own `out`, fill disjoint directories that
 `load_generations([...])` reads as one.
 
+**Before a run** (`check_servers`, which `kdistill generate` calls): one `GET /models` per server
+(`teachers/preflight.py`) refuses in seconds a server that is not there and a model name it does not
+list, instead of spending the retry policy on every request.
+
 **Secrets.** The API key is read from the environment variable named in the config, passed to the
 openai client only, and scrubbed from every string written to the output directory (rows, rejects,
 errors, manifest) in case a server echoes it.
@@ -101,6 +105,7 @@ class GenerationStats:
     errors: int = 0
     retries: int = 0
     requests: int = 0  # attempts sent
+    answered: int = 0  # attempts that got an answer (the progress display's rate)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -272,6 +277,44 @@ def _endpoint_pool(t: OpenAITeacherConfig, key: str | None, sampling: SamplingPa
     )
 
 
+def check_servers(config: GenerationConfig) -> list[str]:
+    """Ask every server of an openai teacher what it serves before the run (`teachers/preflight.py`).
+
+    Raises `GenerationError` for a single server that cannot be reached and for a model name a server
+    does not list; returns notes (a server without a model list; a server of a pool that is down now,
+    which the pool's health checks probe back). A local teacher has no server: no notes. Blocking.
+    """
+    from kdistill.generate.teachers.preflight import check_server, model_problem
+
+    t = config.teacher
+    if not isinstance(t, OpenAITeacherConfig):
+        return []
+    key = (os.environ.get(t.api_key_env) if t.api_key_env else None) or None
+    urls = [t.base_url] if t.endpoints is None else [e.base_url for e in t.endpoints]
+
+    async def check_all() -> list[Any]:
+        return await asyncio.gather(
+            *(check_server(url, api_key=key, send_org_headers=t.send_org_headers) for url in urls)
+        )
+
+    notes, problems = [], []
+    for check in asyncio.run(check_all()):
+        if check.wrong_path is not None:
+            problems.append(check.wrong_path)
+        elif check.unreachable is not None and t.endpoints is None:
+            problems.append(check.unreachable)
+        elif check.unreachable is not None:  # a pool goes on without it (teachers/pool.py, Health)
+            notes.append(f"{check.unreachable} (left out of rotation until it answers)")
+        elif check.note is not None:
+            notes.append(check.note)
+        problem = model_problem(check, t.model or "")
+        if problem is not None:
+            problems.append(problem + " (teacher.model / --model)")
+    if problems:
+        raise GenerationError("\n".join(problems))
+    return notes
+
+
 def generate(
     config: GenerationConfig,
     *,
@@ -358,6 +401,7 @@ class _Run:
         self.stats = GenerationStats()
         self.reject_reasons: Counter[str] = Counter()
         self.error_codes: Counter[str] = Counter()
+        self.not_found: Counter[str] = Counter()  # request URL -> records that got HTTP 404 there
         self.rows_without_logprobs = 0
         self.consecutive_errors = 0
         self.stopped: str | None = None
@@ -506,6 +550,7 @@ class _Run:
                     raise self._auth_error() from None
                 return
             self.consecutive_errors = 0
+            self.stats.answered += 1
             used = (response.prompt_tokens or 0) + (response.completion_tokens or 0)
             self.limiter.settle_tokens(estimate, used if used else None)
             self._judge(item, response)
@@ -543,7 +588,10 @@ class _Run:
         self.consecutive_errors += 1
         limit = self.config.max_consecutive_errors
         if limit is not None and self.consecutive_errors >= limit and not self.stopped:
-            self.stopped = f"{limit} requests in a row failed (last: {failure.code}: {failure.message})"
+            at = f"; {failure.url}" if failure.url else ""
+            self.stopped = f"{limit} requests in a row failed (last: {failure.code}: {failure.message}{at})"
+        if failure.code == "http_404":  # a wrong base URL fails every request alike: say so once per server
+            self.not_found[failure.url or "the teacher"] += len(entries)
         self._submit([], [], entries)
 
     def _judge(self, item: _WorkItem, response: TeacherResponse) -> None:
@@ -679,6 +727,8 @@ class _Run:
                 f"{self.rows_without_logprobs} rows have no logprobs although top_logprobs was asked for "
                 "(the endpoint did not return them)"
             )
+        for url, records in sorted(self.not_found.items()):
+            self.notes.append(f"{records} records got HTTP 404 (not found) from {url}{_not_found_hint(url)}")
         if recovery.journal_rows_sealed or recovery.journal_lines_skipped:
             self.notes.append(
                 f"recovered an interrupted run: {recovery.journal_rows_sealed} journal rows sealed, "
@@ -709,8 +759,18 @@ class _Run:
         )
 
 
+def _not_found_hint(url: str) -> str:
+    """What to check when `url` (a request's: base URL + /chat/completions or /completions) answered 404."""
+    from kdistill.generate.teachers.openai_endpoint import v1_hint
+
+    base = url.removesuffix("/chat/completions").removesuffix("/completions")
+    hint = v1_hint(base) if base != url else None
+    return f": {hint}" if hint else ": check the base URL (up to and including /v1) and the model name"
+
+
 __all__ = [
     "REJECT_REASONS",
+    "check_servers",
     "GenerationConfig",  # kdistill.generate.config, kept importable from here
     "GenerationError",
     "GenerationStats",

@@ -47,9 +47,14 @@ log-probability, and the k highest entries are kept.
 (the example ids and input_ids are those of the SFT examples). The endpoint's chosen tokens are aligned
 with our tokens of the answer by longest matching runs (difflib); an endpoint token outside every run
 does not agree with our tokenization: its position gets no signal (valid False) and is counted in
-`mismatched_tokens`, which the command reports. Answer token j's entry fills row (prompt length + j - 1),
-the position whose logits predict it; rows of the prompt, of the final eos and of cut-off tokens stay
-invalid.
+`mismatched_tokens`, which the command reports; above `max_mismatch` of the endpoint's tokens (the
+`capture.max_token_mismatch` limit) the conversion is refused, since a signal on a few scattered tokens is
+mostly a sign of the wrong tokenizer. Answer token j's entry fills row (prompt length + j - 1), the
+position whose logits predict it; rows of the prompt, of the final eos and of cut-off tokens stay invalid.
+
+**Width.** k defaults to the most entries any row uses (the chosen token and its alternatives that map to
+distinct ids), not 1 + top_logprobs: a server's top alternatives usually include the chosen token itself,
+and a column no row fills would only cost space.
 """
 
 from __future__ import annotations
@@ -810,16 +815,19 @@ def signal_from_generations(
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     cache_root: Path | None = None,
+    max_mismatch: float | None = None,
 ) -> CaptureResult:
     """Store the endpoint logprobs of a `kdistill generate` directory as teacher signal, keyed by record_id.
 
     Each row is tokenized like the SFT examples (`sft_data.tokenize_row`, same `max_length`), so
-    `signal[record_id]` has exactly that example's length. `k` defaults to the widest row (chosen token +
-    alternatives). Rows without logprobs are skipped and counted (`result.endpoint`). The content key
-    hashes the rows' teacher identities, the tokenizer fingerprint, every example's ids and logprobs, and k.
+    `signal[record_id]` has exactly that example's length. `k` defaults to the most entries a row uses
+    (module docstring, Width). Rows without logprobs are skipped and counted (`result.endpoint`). More
+    than `max_mismatch` (a share, 0.05 = 5%; None: no limit) of the endpoint's tokens disagreeing with
+    our tokenization is a ValueError, as is all of them. The content key hashes the rows' teacher
+    identities, the tokenizer fingerprint, every example's ids and logprobs, and k.
     """
     from kdistill.generate.store import load_generations
-    from kdistill.lm.sft_data import encode_completion
+    from kdistill.lm.sft_data import answer_ended, encode_completion
 
     start = time.perf_counter()
     stats = EndpointStats()
@@ -836,7 +844,7 @@ def signal_from_generations(
         example, _, _ = tokenize_row(tokenizer, row, max_length=max_length)
         example["entries"] = entries
         example["logprobs"] = row["logprobs"] if isinstance(row["logprobs"], str) else json.dumps(entries)
-        example["completion_ids"] = encode_completion(tokenizer, row["completion"])
+        example["completion_ids"] = encode_completion(tokenizer, row["completion"], ended=answer_ended(row))
         examples.append(example)
         teachers.add(str(row.get("teacher")))
         widest = max(widest, max(1 + len(e.get("top") or []) for e in entries))
@@ -845,7 +853,31 @@ def signal_from_generations(
             f"{gen_dir}: no row has logprobs ({stats.rows_without_logprobs} rows without); "
             "generate with top_logprobs (kdistill generate --top-logprobs K) to capture from an endpoint"
         )
-    k = k or widest
+    token_map = TokenMap(tokenizer)
+    # A first pass aligns every row (cheap: no model) so that a tokenizer that matches too little is an
+    # error before anything is written, the counts cover the whole data, not only this run's part, and
+    # k is the width the rows use (an upper bound here: the chosen token + every alternative).
+    signal_rows, used = 0, 1
+    for e in examples:
+        first = endpoint_rows(e["entries"], e, e["completion_ids"], token_map, k=k or widest, stats=stats)
+        signal_rows += int(first.valid.sum())
+        if len(first.topk_ids):
+            used = max(used, int((first.topk_ids != ABSENT_ID).sum(dim=1).max()))
+    if signal_rows == 0:
+        raise ValueError(
+            f"{gen_dir}: none of the endpoint's {stats.endpoint_tokens} answer tokens matches this tokenizer's "
+            "tokenization of the answers: the endpoint's model uses another tokenizer; convert with "
+            "`kdistill capture --cross-tokenizer` (a signal named by bytes) for a student with another tokenizer"
+        )
+    share = stats.mismatched_tokens / max(stats.endpoint_tokens, 1)
+    if max_mismatch is not None and share > max_mismatch:
+        raise ValueError(
+            f"{gen_dir}: {stats.mismatched_tokens} of {stats.endpoint_tokens} endpoint tokens ({share:.1%}) do "
+            f"not match tokenizer {tokenizer.name_or_path or type(tokenizer).__name__}; above the "
+            f"{max_mismatch * 100:g}% limit (max_token_mismatch, kdistill capture --max-token-mismatch); is it "
+            "the endpoint model's tokenizer? (another tokenizer: --cross-tokenizer)"
+        )
+    k = k or used
     inputs = {
         "format": FORMAT,
         "source": "endpoint",
@@ -856,20 +888,6 @@ def signal_from_generations(
         "mapping": "unambiguous single-id decoding, then vocab; difflib alignment",
     }
     key = signal_key(inputs)
-    token_map = TokenMap(tokenizer)
-    # A first pass aligns every row (cheap: no model) so that a tokenizer that matches nothing is an
-    # error before anything is written, and the counts cover the whole data, not only this run's part.
-    signal_rows = 0
-    for e in examples:
-        signal_rows += int(
-            endpoint_rows(e["entries"], e, e["completion_ids"], token_map, k=k, stats=stats).valid.sum()
-        )
-    if signal_rows == 0:
-        raise ValueError(
-            f"{gen_dir}: none of the endpoint's {stats.endpoint_tokens} answer tokens matches this tokenizer's "
-            "tokenization of the answers: the endpoint's model uses another tokenizer; convert with "
-            "`kdistill capture --cross-tokenizer` (a signal named by bytes) for a student with another tokenizer"
-        )
     store_dir = Path(store_dir) if store_dir is not None else default_signal_dir(key, cache_root)
     writer = TeacherSignalWriter(store_dir, key=key, key_inputs=inputs, k=k, info=info)
     writer.open()

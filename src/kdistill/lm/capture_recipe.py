@@ -121,6 +121,13 @@ class CaptureConfig(Strict):
         ge=1,
         description="entries kept per token (default 20; endpoint: all the endpoint gave, chosen token included)",
     )
+    max_token_mismatch: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="source endpoint/server: the largest share of the endpoint's answer tokens that may disagree "
+        "with the tokenizer's (0.05 = 5%); above it the capture is refused (a wrong tokenizer), below it noted",
+    )
     max_length: int = Field(512, ge=2, description="tokens per example (as in training: prompt + answer)")
     batch_size: int = Field(8, ge=1, description="sequences per teacher forward pass")
     shard_examples: int = Field(
@@ -176,12 +183,15 @@ def load_capture_config(path: str | Path, overrides: list[str] | None = None) ->
     Raises `ConfigError` with one line per problem naming the file and field path
     (`cfg.yaml: capture.data: give exactly one of ...`).
     """
-    from kdistill.schema import ConfigError, apply_overrides, format_validation_errors, parse_yaml
+    from kdistill.schema import (
+        ConfigError,
+        apply_overrides,
+        format_validation_errors,
+        parse_yaml,
+        read_config_text,
+    )
 
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    text = read_config_text(Path(path))  # UTF-8, at most 1 MiB: else one ConfigError line
     loaded = parse_yaml(text, str(path))
     if not isinstance(loaded, dict) or "capture" not in loaded:
         raise ConfigError(f"{path}: expected a mapping with a 'capture:' section")
@@ -292,6 +302,7 @@ def _run_capture(cfg: CaptureConfig, *, progress: Any = None):
             shard_examples=cfg.shard_examples,
             info=info,
             progress=progress,
+            max_mismatch=cfg.max_token_mismatch,
         )
 
     examples = capture_examples(cfg, tokenizer)
@@ -412,4 +423,5 @@ def run_server_capture(cfg: CaptureConfig, tokenizer: Any, info: dict[str, Any],
         shard_examples=cfg.shard_examples,
         info=info,
         progress=progress,
+        max_mismatch=cfg.max_token_mismatch,
     )

@@ -249,19 +249,13 @@ async def _score_rows(
     total: int,
 ) -> int:
     """Score `rows` (concurrently, `server.concurrency` at once), committing each group as it completes."""
-    import openai
-
     from kdistill.generate.store import utc_now
-    from kdistill.generate.teachers.openai_endpoint import NO_KEY
+    from kdistill.generate.teachers.openai_endpoint import endpoint_client
 
-    client = openai.AsyncOpenAI(
-        base_url=server.base_url.rstrip("/"),
-        api_key=server.api_key or NO_KEY,
-        max_retries=0,
-        timeout=server.timeout_s,
+    # a scoring server is never OpenAI's own API: no account headers
+    client = endpoint_client(
+        server.base_url, api_key=server.api_key, timeout_s=server.timeout_s, send_org_headers=False
     )
-    client.organization = None  # a scoring server is never OpenAI's own API: no account headers
-    client.project = None
     tokens = 0
     done = total - len(rows)
     try:
@@ -379,11 +373,12 @@ def capture_from_server(
     info: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
     cache_root: Path | None = None,
+    max_mismatch: float | None = None,
 ) -> CaptureResult:
     """The teacher signal of `gen_dir`'s answers as `server` scores them: same-tokenizer rows (aligned
     with the SFT examples of `max_length`) or, with `cross_tokenizer`, the bytes layout. Rerun after a
     kill: scored rows are kept, and the store is the one an uninterrupted run writes.
-    `progress(rows scored, rows)` follows the scoring."""
+    `progress(rows scored, rows)` follows the scoring; `max_mismatch` as in `signal_from_generations`."""
     from kdistill.lm.capture import signal_from_generations
     from kdistill.lm.endpoint_bytes import signal_bytes_from_generations
 
@@ -404,6 +399,7 @@ def capture_from_server(
             shard_examples=shard_examples,
             info=info,
             cache_root=cache_root,
+            max_mismatch=max_mismatch,
         )
     result.computed_tokens, result.teacher_s = tokens, seconds
     return result

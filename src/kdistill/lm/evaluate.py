@@ -23,7 +23,14 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from kdistill.lm.models import backbone_and_head
-from kdistill.lm.sft_data import IGNORE_INDEX, collate, encode_prompt, tokenize_row, tokenize_rows
+from kdistill.lm.sft_data import (
+    IGNORE_INDEX,
+    answer_ended,
+    collate,
+    encode_prompt,
+    tokenize_row,
+    tokenize_rows,
+)
 from kdistill.losses.numerics import compute_dtype
 
 __all__ = [
@@ -160,7 +167,8 @@ def bits_per_byte(
             kept = sum(label != IGNORE_INDEX for label in labels)
             n_bytes += _answer_prefix_bytes(tokenizer, row["completion"], kept)
         else:
-            labels[-1] = IGNORE_INDEX  # the eos encode_completion appended
+            if answer_ended(row):
+                labels[-1] = IGNORE_INDEX  # the eos encode_completion appended (none after a cut-off answer)
             n_bytes += len(row["completion"].encode("utf-8"))
         examples.append({**example, "labels": labels})
     nll, tokens = 0.0, 0

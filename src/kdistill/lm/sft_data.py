@@ -29,7 +29,7 @@ class TokenizedRows:
     examples: list[dict[str, Any]]  # {"input_ids": list[int], "labels": list[int], "record_id": str}
     num_truncated: int  # rows that lost any token
     num_prompt_truncated: int  # rows whose prompt lost its head
-    num_completion_truncated: int  # rows whose completion lost its tail (and its eos)
+    num_completion_truncated: int  # rows whose completion lost its tail (and its eos, if it had one)
     num_response_tokens: int  # tokens the loss covers, over all rows
 
 
@@ -52,11 +52,26 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, row: Mapping[str, Any]) ->
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
-    """The answer's ids followed by eos, so the student learns where the teacher stopped."""
+#: the finish_reason of an answer cut off by the token limit (OpenAI's word, which vLLM and llama.cpp share)
+CUT_OFF = "length"
+
+
+def answer_ended(row: Mapping[str, Any]) -> bool:
+    """Whether the teacher ended this answer itself (so eos follows it); False for one cut off by max_tokens."""
+    return row.get("finish_reason") != CUT_OFF
+
+
+def encode_completion(
+    tokenizer: PreTrainedTokenizerBase, completion: str, *, ended: bool = True
+) -> list[int]:
+    """The answer's ids followed by eos when the teacher `ended` it, so the student learns where the teacher
+    stopped (and only there: a cut-off answer has no eos)."""
+    ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    if not ended:
+        return ids
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; an answer needs one to end")
-    return list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return ids + [tokenizer.eos_token_id]
 
 
 def fit_lengths(prompt_len: int, completion_len: int, max_length: int) -> tuple[int, int]:
@@ -78,7 +93,7 @@ def tokenize_row(
 ) -> tuple[dict[str, Any], bool, bool]:
     """One example {"input_ids", "labels", "record_id"} and whether its prompt / completion was cut."""
     prompt_ids = encode_prompt(tokenizer, row)
-    completion_ids = encode_completion(tokenizer, row["completion"])
+    completion_ids = encode_completion(tokenizer, row["completion"], ended=answer_ended(row))
     keep_p, keep_c = fit_lengths(len(prompt_ids), len(completion_ids), max_length)
     kept_prompt = prompt_ids[len(prompt_ids) - keep_p :]
     kept_completion = completion_ids[:keep_c]

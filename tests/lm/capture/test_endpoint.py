@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from tests.lm.capture.helpers import generation_row, write_generations
@@ -80,7 +78,8 @@ def test_endpoint_logprobs_become_rows_aligned_with_the_sft_examples(endpoint_ge
     assert token_map.id_of(UNMAPPABLE) is None
     result = signal_from_generations(gens, tokenizer, tmp_path / "sig", max_length=64)
     stats = result.endpoint
-    assert result.k == 5  # the widest entry: chosen + 4 alternatives
+    # the width rows use: chosen (also its own first alternative) + the 2 alternatives that map to an id
+    assert result.k == 3
     assert result.examples == 4 and stats.rows_without_logprobs == 1 and stats.skipped_ids == ["rec-004"]
     assert stats.mismatched_tokens == 2  # the two pieces of the split token
     assert stats.dropped_alternatives == sum(len(tokenizer(a)["input_ids"]) for a in _answers(gens)[:3]) + (
@@ -105,9 +104,8 @@ def test_endpoint_logprobs_become_rows_aligned_with_the_sft_examples(endpoint_ge
             if example_id == "rec-003" and j == split_at:
                 continue  # the endpoint split this token differently: no signal here
             expected_valid[row] = True
-            assert ids[row].tolist() == [token_id, *_alts(tokenizer, token_id), -1, -1]
-            assert logprobs[row, :3].tolist() == pytest.approx([-0.1 - 0.01 * j, -2.5, -2.7])
-            assert math.isinf(logprobs[row, 3]) and logprobs[row, 3] < 0
+            assert ids[row].tolist() == [token_id, *_alts(tokenizer, token_id)]  # no column left unused
+            assert logprobs[row].tolist() == pytest.approx([-0.1 - 0.01 * j, -2.5, -2.7])
         assert torch.equal(valid, expected_valid)  # prompt rows, the eos row and padding stay invalid
 
 

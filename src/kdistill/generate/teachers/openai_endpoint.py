@@ -26,6 +26,10 @@ environment and sends them as `OpenAI-Organization` / `OpenAI-Project` headers t
 is given. They name the user's OpenAI account, so a vLLM or Ollama server (or whoever runs it) has no
 business receiving them: by default they go to OpenAI's own API only (`is_openai_api`);
 `send_org_headers=True` sends them anywhere (a proxy in front of OpenAI), `False` never.
+
+**A query in the base URL** (`http://h:8000/v1?api-version=2024`, as Azure-style proxies want) is sent
+with every request (the client's `default_query`): left in the base URL, the client would join request
+paths after it (`/v1/?api-version=2024chat/completions`). It is never written into rows (`public_url`).
 """
 
 from __future__ import annotations
@@ -57,8 +61,6 @@ class OpenAIEndpointTeacher:
         send_org_headers: bool | None = None,
         template_tokenizer: Any = None,
     ) -> None:
-        import openai
-
         self.template_tokenizer = template_tokenizer
         if template_tokenizer is not None:
             if template_tokenizer.chat_template is None:
@@ -83,16 +85,9 @@ class OpenAIEndpointTeacher:
             # our choice of template changes the answers, so it is part of every record id; the server's
             # own template (the default) is not, which keeps the ids of existing rows
             self.identity["rendering"] = self.rendering
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or NO_KEY,
-            max_retries=0,
-            timeout=timeout_s,
+        self._client = endpoint_client(
+            base_url, api_key=api_key, timeout_s=timeout_s, send_org_headers=send_org_headers
         )
-        if not (is_openai_api(base_url) if send_org_headers is None else send_org_headers):
-            # the client took these from the environment; it reads the attributes for every request
-            self._client.organization = None
-            self._client.project = None
 
     async def complete(self, request: CompletionRequest) -> TeacherResponse:
         s = self.sampling
@@ -136,6 +131,47 @@ class OpenAIEndpointTeacher:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def endpoint_client(
+    base_url: str, *, api_key: str | None, timeout_s: float, send_org_headers: bool | None = None
+) -> Any:
+    """The async openai client for `base_url`: no retries of its own (the pipeline retries), the URL's
+    query sent with every request (module docstring), account headers only where they belong."""
+    import openai
+
+    url, query = split_query(base_url.rstrip("/"))
+    client = openai.AsyncOpenAI(
+        base_url=url,
+        api_key=api_key or NO_KEY,
+        max_retries=0,
+        timeout=timeout_s,
+        default_query=query or None,
+    )
+    if not (is_openai_api(url) if send_org_headers is None else send_org_headers):
+        # the client took these from the environment; it reads the attributes for every request
+        client.organization = None
+        client.project = None
+    return client
+
+
+def split_query(url: str) -> tuple[str, dict[str, str]]:
+    """`url` without its query string (and fragment), and the query's parameters."""
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")), query
+
+
+def v1_hint(url: str) -> str | None:
+    """ "did you mean http://host:port/v1?" for a base URL whose path has no /v1 (servers answer 404 there)."""
+    from urllib.parse import urlsplit
+
+    base = public_url(url).rstrip("/")
+    if "v1" in urlsplit(base).path.split("/"):
+        return None
+    return f"did you mean {base}/v1?"
 
 
 def is_openai_api(url: str) -> bool:

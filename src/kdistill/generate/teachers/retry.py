@@ -29,6 +29,7 @@ class Failure:
     fatal: bool = False  # stops the run (401)
     retry_after: float | None = None  # seconds the server asked us to wait
     message: str = ""
+    url: str | None = None  # the request's URL (no credentials, no query): which server of a pool
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,13 @@ def classify(err: BaseException) -> Failure | None:
     from kdistill.generate.teachers import TeacherError
 
     if isinstance(err, openai.APITimeoutError):
-        return Failure("timeout", retryable=True, message="request timed out")
+        return Failure("timeout", retryable=True, message="request timed out", url=_url_of(err))
     if isinstance(err, openai.APIConnectionError):
         cause = err.__cause__
         detail = f": {type(cause).__name__}" if cause is not None else ""
-        return Failure("connection_error", retryable=True, message=f"connection error{detail}")
+        return Failure(
+            "connection_error", retryable=True, message=f"connection error{detail}", url=_url_of(err)
+        )
     if isinstance(err, openai.APIStatusError):
         status = err.status_code
         retryable = status in RETRYABLE_STATUS or status >= 500
@@ -67,10 +70,21 @@ def classify(err: BaseException) -> Failure | None:
             fatal=status == 401,
             retry_after=retry_after_seconds(err.response.headers) if retryable else None,
             message=_short(str(err)),
+            url=_url_of(err),
         )
     if isinstance(err, TeacherError):
         return Failure("teacher_error", retryable=False, message=_short(str(err)))
     return None
+
+
+def _url_of(err: Any) -> str | None:
+    """The URL an openai error's request went to, fit to be written down (no credentials, no query)."""
+    from kdistill.generate.teachers.openai_endpoint import public_url
+
+    try:
+        return public_url(str(err.request.url))
+    except (AttributeError, RuntimeError):  # an error built without a request (tests): no URL to name
+        return None
 
 
 def retry_after_seconds(headers: Any, now: float | None = None) -> float | None:
