@@ -120,10 +120,16 @@ def test_offline_distiller_feature_terms_match_direct_computation():
         t1 = teacher.block1(x[:5])
         t2 = teacher.block2(t1)
     adapter = next(iter(distiller.terms.adapters.values()))
-    torch.testing.assert_close(out["feat/fitnet_hint@block2"], fitnet_hint(adapter(s2), t2))
+    direct = fitnet_hint(adapter(s2), t2)
+    torch.testing.assert_close(out["feat/fitnet_hint@block2"], direct)
     torch.testing.assert_close(out["feat/attention_transfer@block1"], 3.0 * attention_transfer(s1, t1))
+    # the hint trains the adapter and the student (as the direct computation's gradients), never the teacher
+    trained = [adapter.proj.weight, student.block2[0].weight, student.block1[0].weight]
+    expected = torch.autograd.grad(direct, trained)
     out["feat/fitnet_hint@block2"].backward()
-    assert adapter.proj.weight.grad is not None and student.block2[0].weight.grad is not None
+    for param, grad in zip(trained, expected, strict=True):
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(param.grad, grad)
     assert all(p.grad is None for p in teacher.parameters())
 
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -55,18 +56,51 @@ def test_teacher_is_trained_once_and_cached(tmp_path, tiny_config):
     assert first.metrics["models"][0]["accuracy"] == second.metrics["models"][0]["accuracy"]
 
 
-def test_teacher_from_a_checkpoint(tmp_path, tiny_config):
-    from safetensors.torch import save_file
+def test_teacher_from_a_checkpoint(tmp_path, tiny_config, monkeypatch):
+    """The run's teacher is the checkpoint: its state is the file's tensors, its logits are those of a model
+    built and loaded by hand, and the reported teacher accuracy is that model's."""
+    from safetensors.torch import load_file, save_file
 
+    from kdistill.classic import recipe
     from kdistill.classic.zoo import build_model
 
-    model = build_model("cnn_s", (1, 8, 8), 10)
+    torch.manual_seed(5)
     path = tmp_path / "teacher.safetensors"
-    save_file(model.state_dict(), str(path))
+    save_file(build_model("cnn_s", (1, 8, 8), 10).state_dict(), str(path))
+    loaded = []
+    real_load_teacher = recipe.load_teacher
+
+    def spy(*args, **kwargs):
+        teacher, origin = real_load_teacher(*args, **kwargs)
+        loaded.append(teacher)
+        return teacher, origin
+
+    monkeypatch.setattr(recipe, "load_teacher", spy)
     tiny_config["teacher"]["checkpoint"] = str(path)
     tiny_config["train"]["steps"] = 5
-    result = run(parse_config(tiny_config), runs_dir=tmp_path / "runs")
+    cfg = parse_config(tiny_config)
+    result = run(cfg, runs_dir=tmp_path / "runs")
     assert json.loads((result.run_dir / "manifest.json").read_text())["teacher"]["source"] == "checkpoint"
+
+    (teacher,) = loaded
+    checkpoint = load_file(str(path))
+    state = teacher.state_dict()
+    assert state.keys() == checkpoint.keys()
+    for name, value in checkpoint.items():
+        assert torch.equal(state[name], value), name
+    torch.manual_seed(6)  # another initialisation, which the checkpoint must replace entirely
+    by_hand = build_model("cnn_s", (1, 8, 8), 10).eval()
+    data = recipe.load_data(cfg.data)
+    with torch.no_grad():
+        fresh = by_hand(data.x_test)
+        by_hand.load_state_dict(checkpoint)
+        expected = by_hand(data.x_test)
+        logits = teacher(data.x_test)
+    assert not torch.equal(fresh, expected)  # the comparison below can tell models apart
+    assert torch.equal(logits, expected)
+    accuracy = (expected.argmax(dim=1) == data.y_test).double().mean().item()
+    assert result.metrics["models"][0]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
     tiny_config["teacher"]["arch"] = "cnn_m"
     with pytest.raises(ValueError, match="does not fit arch 'cnn_m'"):
         run(parse_config(tiny_config), runs_dir=tmp_path / "runs2")
@@ -117,10 +151,11 @@ def test_each_method_runs(tmp_path, tiny_config, method, loss, names):
 def test_divergence_is_a_clear_error(tmp_path, tiny_config):
     tiny_config["loss"] = [
         {"name": "cross_entropy"},
-        {"name": "fitnet_hint", "weight": 1e30, "student_layer": "block2", "teacher_layer": "block2"},
+        {"name": "fitnet_hint", "weight": 1000, "student_layer": "block2", "teacher_layer": "block2"},
     ]
-    tiny_config["train"]["steps"] = 5
-    tiny_config["train"].update(grad_clip=None, optimizer="sgd", lr=1.0)  # nothing to tame the explosion
+    # the largest weight and lr the config allows, and nothing to tame the explosion: inf within 10 steps
+    tiny_config["train"]["steps"] = 20
+    tiny_config["train"].update(grad_clip=None, optimizer="sgd", lr=10.0)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_config))
     res = runner.invoke(app, ["run", str(path), "--runs-dir", str(tmp_path / "runs")])

@@ -1,7 +1,9 @@
 """The generation pipeline against a real loopback HTTP server: rows, retries, rejects, resume, limits."""
 
+import asyncio
 import json
 import time
+import types
 
 import pytest
 from tests.fixtures.openai_server import Fault, answer_text
@@ -12,6 +14,8 @@ from kdistill.generate.records import record_id
 from kdistill.generate.run import GenerationError, TeacherAuthError, generate
 from kdistill.generate.store import load_generations
 from kdistill.schema import ConfigError
+
+_real_sleep = asyncio.sleep  # the rate-limit tests replace the limiter's naps, never this
 
 FAST_RETRY = {"base_delay_s": 0.01, "max_delay_s": 0.05, "max_attempts": 4}
 
@@ -268,15 +272,71 @@ def test_concurrency_bounds_requests_in_flight(server, prompts_file, tmp_path):
     assert server.max_in_flight == 3
 
 
-def test_requests_per_minute_limit(server, prompts_file, tmp_path):
-    # 300/min = 5/s with a bucket of 5: 5 at once, then one every 0.2 s
+class _LimiterTime:
+    """Time for the rate limiter that passes only while it waits, and only once every request it let through
+    has been answered: as if the server answered instantly. Admission times are then exact (no wall clock),
+    so a limit can be checked from above as well as from below."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.admitted: list[float] = []  # the (fake) time each request was let through
+        self.used: list[int | None] = []  # the tokens each answered request reported
+        self.in_flight = 0
+
+    async def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + 60  # a hang, not slowness
+        while self.in_flight:  # the loopback server answers what was let through, in real time
+            assert time.monotonic() < deadline, "a request let through was never answered"
+            await _real_sleep(0.001)
+        self.now += seconds
+
+    def install(self, monkeypatch) -> None:
+        """The generation run's limiter on this time: its buckets read `now` and nap in `sleep`."""
+        import kdistill.generate.run
+        from kdistill.generate.teachers import limits
+
+        fake = self
+
+        class Limiter(limits.RateLimiter):
+            def __init__(self, requests_per_minute, tokens_per_minute) -> None:
+                clock = lambda: fake.now  # noqa: E731
+                self.requests = (
+                    limits.TokenBucket(requests_per_minute, clock=clock) if requests_per_minute else None
+                )
+                self.tokens = (
+                    limits.TokenBucket(tokens_per_minute, clock=clock) if tokens_per_minute else None
+                )
+
+            async def acquire(self, estimated_tokens: int) -> None:
+                await super().acquire(estimated_tokens)
+                fake.admitted.append(fake.now)
+                fake.in_flight += 1
+
+            def settle_tokens(self, estimated_tokens: int, used_tokens: int | None) -> None:
+                super().settle_tokens(estimated_tokens, used_tokens)
+                fake.used.append(used_tokens)
+                fake.in_flight -= 1
+
+        monkeypatch.setattr(kdistill.generate.run, "RateLimiter", Limiter)
+        monkeypatch.setattr(limits, "asyncio", types.SimpleNamespace(Lock=asyncio.Lock, sleep=self.sleep))
+
+
+def test_requests_per_minute_limit(server, prompts_file, tmp_path, monkeypatch):
+    """300/min = 5/s with a bucket of 5: 5 requests at once, then exactly one every 0.2 s."""
+    clock = _LimiterTime()
+    clock.install(monkeypatch)
     generate(_config(server, prompts_file(10), tmp_path / "out", requests_per_minute=300, concurrency=10))
-    times = sorted(r.time for r in server.requests)
-    assert times[-1] - times[0] >= 0.9
+    assert clock.admitted == pytest.approx([0.0] * 5 + [0.2, 0.4, 0.6, 0.8, 1.0], abs=1e-6)
+    assert len(server.requests) == 10  # every request the server saw was let through by the limiter
 
 
-def test_tokens_per_minute_limit(server, prompts_file, tmp_path):
-    # each request is estimated at 1 + 10 tokens and uses ~4: 660 tokens/min = 11/s lets ~3 through per second
+def test_tokens_per_minute_limit(server, prompts_file, tmp_path, monkeypatch):
+    """660 tokens/min = 11/s with a bucket of 11. Each request reserves its estimate (15 prompt characters
+    / 4 + 1 + 10 = 14, more than the bucket: it waits for a full one) and gives back what it did not use,
+    so with instant answers request k waits exactly until the tokens its predecessors used have refilled:
+    t_k = (used_0 + ... + used_{k-1}) / 11 s (naps add at most 1 ms each)."""
+    clock = _LimiterTime()
+    clock.install(monkeypatch)
     cfg = _config(
         server,
         prompts_file(8),
@@ -286,8 +346,10 @@ def test_tokens_per_minute_limit(server, prompts_file, tmp_path):
         concurrency=8,
     )
     generate(cfg)
-    times = sorted(r.time for r in server.requests)
-    assert times[-1] - times[0] >= 1.0
+    assert len(clock.used) == 8 and all(u is not None and 0 < u < 14 for u in clock.used)
+    expected = [sum(clock.used[:k]) / 11 for k in range(8)]
+    assert clock.admitted == pytest.approx(expected, abs=0.01)
+    assert len(server.requests) == 8
 
 
 def test_a_dead_endpoint_stops_after_consecutive_errors(server, prompts_file, tmp_path):

@@ -1,7 +1,9 @@
 """Record the golden loss values: `python tests/golden/record.py` (run by hand, never by a test).
 
 Rerun only when a loss's semantics change on purpose, and say why in the commit: the test
-tests/losses/test_golden.py then guards every loss against silent changes of its value.
+tests/losses/test_golden.py then guards every loss against silent changes of its value (a change
+detector), and tests/losses/test_ref_golden.py checks every recorded value against an independent
+reference, so a value recorded from a wrong loss does not pass. A new entry needs a reference there too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """`kdistill run` with `task: lm` end to end on a tiny teacher: generation, pruning, SFT, evaluation, report."""
 
 import json
+from pathlib import Path
 
 import pytest
 from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
@@ -9,6 +10,20 @@ from transformers import AutoModelForCausalLM
 from kdistill.config import ConfigError, parse_config
 from kdistill.lm.recipe import run_lm
 from kdistill.runs.locations import resolve_model_ref
+
+
+def _run_dirs(runs: Path) -> list[Path]:
+    """The run directories in `runs` (not its hidden `.locks`)."""
+    return sorted(d for d in runs.iterdir() if not d.name.startswith("."))
+
+
+def _files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `root`: its bytes and modification time (ns), by relative path."""
+    return {
+        str(f.relative_to(root)): (f.read_bytes(), f.stat().st_mtime_ns)
+        for f in root.rglob("*")
+        if f.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +91,41 @@ def test_lm_run_distils_a_pruned_student_and_reports_it(tmp_path, tiny_teacher):
     assert "ppl on teacher answers" in html and "Example answers" in html
 
 
-def test_lm_generation_is_cached_between_runs(tmp_path, tiny_teacher):
+def test_lm_generation_is_cached_between_runs(tmp_path, tiny_teacher, monkeypatch):
+    """The second run reuses the first one's teacher answers: nothing is generated (the generation
+    pipeline is not started, the teacher model is not called) and the store's files keep their bytes and
+    modification times."""
+    import kdistill.generate.run
+    from kdistill.generate.teachers.hf_local import HFLocalTeacher
+
+    pipelines, model_calls = [], []
+    real_generate, real_model_call = kdistill.generate.run.generate, HFLocalTeacher._generate
+
+    def counted_pipeline(*args, **kwargs):
+        pipelines.append(args)
+        return real_generate(*args, **kwargs)
+
+    def counted_model_call(self, requests):
+        model_calls.append(len(requests))
+        return real_model_call(self, requests)
+
+    monkeypatch.setattr(kdistill.generate.run, "generate", counted_pipeline)
+    monkeypatch.setattr(HFLocalTeacher, "_generate", counted_model_call)
     teacher, prompts = tiny_teacher
     cfg = _config(teacher, prompts, epochs=1)
-    run_lm(cfg, runs_dir=tmp_path / "a", cache_root=tmp_path / "cache")
-    stores = list((tmp_path / "cache" / "generations").iterdir())
-    run_lm(cfg, runs_dir=tmp_path / "b", cache_root=tmp_path / "cache")
-    assert list((tmp_path / "cache" / "generations").iterdir()) == stores  # the same answers, not new ones
+    first = run_lm(cfg, runs_dir=tmp_path / "a", cache_root=tmp_path / "cache")
+    assert len(pipelines) == 1 and sum(model_calls) == 16  # every prompt answered once
+    store = tmp_path / "cache" / "generations"
+    before = _files(store)
+    pipelines.clear()
+    model_calls.clear()
+    second = run_lm(cfg, runs_dir=tmp_path / "b", cache_root=tmp_path / "cache")
+    assert pipelines == [] and model_calls == []
+    assert _files(store) == before
+    used = [
+        json.loads((r.run_dir / "manifest.json").read_text())["data"]["generations"] for r in (first, second)
+    ]
+    assert used[0] == used[1] and used[0].startswith(str(store))
 
 
 def test_lm_config_errors_name_the_field():
@@ -108,11 +151,11 @@ def test_interrupted_lm_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
     reference = run_lm(cfg, runs_dir=tmp_path / "ref", cache_root=tmp_path / "cache")
     with pytest.raises(RuntimeError, match="stopped early"):
         run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache", stop_after=3)
-    (cut,) = list((tmp_path / "cut").iterdir())
+    (cut,) = _run_dirs(tmp_path / "cut")
     first_session = json.loads((cut / "jobs" / "sft" / "train_clock.json").read_text())["seconds"]
     assert first_session > 0
     resumed = run_lm(cfg, runs_dir=tmp_path / "cut", cache_root=tmp_path / "cache")
-    assert resumed.resumed and len(list((tmp_path / "cut").iterdir())) == 1
+    assert resumed.resumed and _run_dirs(tmp_path / "cut") == [cut]
     distilled = resumed.metrics["models"][-1]
     assert distilled["role"] == "distilled" and distilled["train_seconds"] > first_session  # both sessions
     assert reference.metrics["models"][0]["train_seconds"] is None  # the teacher was not trained here
@@ -134,12 +177,13 @@ def test_two_process_lm_run_matches_one_process_with_accumulation(tmp_path, tiny
 
     teacher, prompts = tiny_teacher
     cache = tmp_path / "cache"
+    # one epoch (3 steps of 4 answers): each step already compares the split window with accumulation
     single = run_lm(
-        _config(teacher, prompts, micro_batch_size=2, grad_accum=2),
+        _config(teacher, prompts, epochs=1, micro_batch_size=2, grad_accum=2),
         runs_dir=tmp_path / "one",
         cache_root=cache,
     )
-    config = _config(teacher, prompts, micro_batch_size=2, grad_accum=1)
+    config = _config(teacher, prompts, epochs=1, micro_batch_size=2, grad_accum=1)
     config_file = tmp_path / "two.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     with socket.socket() as probe:
@@ -152,7 +196,7 @@ def test_two_process_lm_run_matches_one_process_with_accumulation(tmp_path, tiny
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads(done.stdout)  # printed once, by the main process
-    (run_dir,) = list((tmp_path / "two").iterdir())
+    (run_dir,) = _run_dirs(tmp_path / "two")
     assert metrics["run"]["run_dir"] == str(run_dir)
     assert len(list((cache / "generations").iterdir())) == 1  # the second process reused the answers
     a = AutoModelForCausalLM.from_pretrained(single.run_dir / "student").state_dict()
@@ -194,9 +238,40 @@ def test_lm_run_with_a_cached_teacher_signal_compares_kd_with_sft(tmp_path, tiny
     assert "student (SFT on answers only)" in (result.run_dir / "report.html").read_text()
 
 
-def test_lm_run_online_teacher_with_hidden_states_and_on_policy_steps(tmp_path, tiny_teacher):
+def test_lm_run_online_teacher_with_hidden_states_and_on_policy_steps(tmp_path, tiny_teacher, monkeypatch):
+    """An online-teacher run with hidden-state terms where half the steps are on-policy: on those steps the
+    loss sees the student's own answers, i.e. each prompt followed by exactly the tokens the student
+    generated (up to its eos); the other steps keep the teacher's answers."""
+    from kdistill.lm.objectives import TokenDistillObjective
+
+    generated: list[list[list[int]]] = []  # per sampled batch, per row: the tokens student.generate made
+    eos: list[int | None] = []
+    seen: list[dict] = []  # every batch the objective computed its loss on
+    real_sample, real_forward = TokenDistillObjective.sample_answers, TokenDistillObjective.forward
+
+    def spy_sample(self, batch):
+        student_generate = self.student.generate
+
+        def spy_generate(**kwargs):
+            out = student_generate(**kwargs)
+            generated.append(out[:, kwargs["input_ids"].shape[1] :].tolist())
+            return out
+
+        self.student.generate = spy_generate
+        eos.append(self.eos_token_id)
+        try:
+            return real_sample(self, batch)
+        finally:
+            del self.student.generate
+
+    def spy_forward(self, batch):
+        seen.append(batch)
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(TokenDistillObjective, "sample_answers", spy_sample)
+    monkeypatch.setattr(TokenDistillObjective, "forward", spy_forward)
     teacher, prompts = tiny_teacher
-    cfg = _config(teacher, prompts, epochs=1)
+    cfg = _config(teacher, prompts, epochs=1)  # 12 answers, 4 per step: 3 steps
     distill = {
         "signal": "online",
         "divergence": "generalized_jsd",
@@ -213,6 +288,18 @@ def test_lm_run_online_teacher_with_hidden_states_and_on_policy_steps(tmp_path, 
     assert result.metrics["models"][-1]["extra_params"] == 0  # same width: no projection needed
     assert "on-policy" in result.metrics["objective"]["description"]
 
+    on_policy = [b for b in seen if b.get("on_policy")]
+    off_policy = [b for b in seen if not b.get("on_policy")]
+    assert len(on_policy) == len(generated) >= 1 and len(off_policy) >= 1  # seed 0: steps 2 and 3 sample
+    assert eos[0] is not None
+    for batch, rows in zip(on_policy, generated, strict=True):
+        for labels, ids, new in zip(batch["labels"], batch["input_ids"], rows, strict=True):
+            answer = new[: new.index(eos[0]) + 1] if eos[0] in new else new
+            assert 1 <= len(answer) <= 4
+            assert labels[labels != -100].tolist() == answer  # the loss covers the student's tokens
+            start = int((labels != -100).nonzero()[0])  # the first answer position, right after the prompt
+            assert ids[start : start + len(answer)].tolist() == answer
+
 
 def test_lm_distill_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="distill: .*need signal: online"):
@@ -223,12 +310,13 @@ def test_lm_distill_config_errors_name_the_field():
 
 def test_sigkilled_white_box_run_resumes_to_the_same_student(tmp_path, tiny_teacher):
     """`kdistill run` with a cached teacher signal, SIGKILLed after its first training checkpoint and rerun:
-    the student ends bit-identical to an uninterrupted run's."""
+    the student ends bit-identical to an uninterrupted run's. 3 epochs (9 steps): the 8 steps after that
+    checkpoint, and saving the student, are the killer's margin."""
     import yaml
     from tests.lm.kill_helpers import killed_and_rerun_equals_uninterrupted
 
     teacher, prompts = tiny_teacher
-    config = _config(teacher, prompts, epochs=6, checkpoint_every=1).model_dump(mode="json")
+    config = _config(teacher, prompts, epochs=3, checkpoint_every=1).model_dump(mode="json")
     config["distill"] |= {"signal": "cached", "top_k": 8, "divergence": "reverse_kl", "ce_weight": 0.2}
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config))

@@ -1,4 +1,8 @@
-"""Every loss against values recorded in tests/golden/losses.json (written only by tests/golden/record.py)."""
+"""Every loss against values recorded in tests/golden/losses.json (written only by tests/golden/record.py).
+
+A change detector: the values were recorded from the code under test, so this catches a silent change of
+a loss's value, not a loss that was wrong when recorded. tests/losses/test_ref_golden.py checks the
+recorded values themselves against independent references."""
 
 import importlib.util
 import json
@@ -17,6 +21,7 @@ def _recorder():
 
 
 def test_losses_match_their_golden_values():
+    """No loss changed its value since the golden file was recorded (a change detector, see above)."""
     golden = json.loads((GOLDEN_DIR / "losses.json").read_text())
     current = _recorder().compute()
     assert set(current) == set(golden)
