@@ -89,9 +89,13 @@ def test_cross_tokenizer_run_compares_sft_uld_and_hybrid_per_byte(tmp_path, tiny
     entry = next(e for e in metrics["history"] if e["model"].startswith("student (KD") and "terms" in e)
     parts = {name: v for name, v in entry["terms"].items() if name.startswith("logged/")}
     optimised = {name: v for name, v in entry["terms"].items() if not name.startswith("logged/")}
-    assert set(parts) == {"logged/ce", "logged/matched", "logged/unmatched"} and list(optimised) == ["kd/hybrid+ce"]
+    assert set(parts) == {"logged/ce", "logged/matched", "logged/unmatched"} and list(optimised) == [
+        "kd/hybrid+ce"
+    ]
     assert entry["loss"] == pytest.approx(optimised["kd/hybrid+ce"])
-    assert optimised["kd/hybrid+ce"] == pytest.approx(parts["logged/ce"] + parts["logged/matched"] + parts["logged/unmatched"])
+    assert optimised["kd/hybrid+ce"] == pytest.approx(
+        parts["logged/ce"] + parts["logged/matched"] + parts["logged/unmatched"]
+    )
     student = AutoModelForCausalLM.from_pretrained(d / "student")
     uld = AutoModelForCausalLM.from_pretrained(d / "student_cross-uld")
     tok = AutoTokenizer.from_pretrained(d / "student")
@@ -214,4 +218,49 @@ def test_cross_tokenizer_with_the_teachers_own_tokenizer_warns_about_the_slower_
     assert any("the student's tokenizer is the teacher's" in w for w in manifest["warnings"])
     # one tokenizer: the same cuts on both sides, so no 1:n or n:1 chunk; pieces of one character (the tiny
     # teacher's random answers split multi-byte characters) stay together as n:m chunks
-    assert set(manifest["alignment"]["kinds"]) <= {"1:1", "n:m"} and manifest["alignment"]["exact_share"] > 0.5
+    assert (
+        set(manifest["alignment"]["kinds"]) <= {"1:1", "n:m"} and manifest["alignment"]["exact_share"] > 0.5
+    )
+
+
+def test_an_endpoint_teacher_that_is_not_there_fails_in_seconds_naming_the_url(tmp_path, tiny_teacher):
+    """The run asks the endpoint what it serves before generating: nothing listening, or a model name it does
+    not list, is one line before any request for an answer (not minutes of retries)."""
+    import socket
+
+    from tests.fixtures.openai_server import ScriptedServer
+
+    from kdistill.generate.run import GenerationError
+
+    teacher, prompts = tiny_teacher
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with pytest.raises(GenerationError, match=f"cannot reach {dead}"):
+        run_lm(parse_config(_endpoint_config(teacher, prompts, dead)), runs_dir=tmp_path / "r1")
+    with ScriptedServer(models=["scripted"]) as server:  # lists what it serves at /v1/models
+        config = _endpoint_config(teacher, prompts, server.base_url)
+        config["teacher"]["endpoint"]["model"] = "not-the-served-model"
+        with pytest.raises(GenerationError, match="does not serve the model 'not-the-served-model'"):
+            run_lm(parse_config(config), runs_dir=tmp_path / "r2", cache_root=tmp_path / "cache")
+        assert not [r for r in server.requests if r.body]  # no completion was asked for
+
+
+def test_kdistill_run_prints_an_unreachable_endpoint_as_one_line(tmp_path, tiny_teacher):
+    import socket
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from kdistill.cli.app import app
+
+    teacher, prompts = tiny_teacher
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_endpoint_config(teacher, prompts, dead)))
+    result = CliRunner().invoke(app, ["run", str(cfg_path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: cannot reach {dead}") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output

@@ -48,6 +48,7 @@ def run(
     from kdistill.classic.recipe import run as run_experiment
     from kdistill.encoders.config import EncoderRunConfig
     from kdistill.evaluation import results_table
+    from kdistill.generate.run import GenerationError
     from kdistill.lm.config import LMRunConfig
     from kdistill.runs.run_dir import RunBusyError
     from kdistill.runs.steps import TrainingDiverged
@@ -64,7 +65,7 @@ def run(
         )
     except KeyboardInterrupt:
         raise interrupted(cfg, runs_dir, fresh=fresh) from None
-    except (RunBusyError, TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:
+    except (RunBusyError, GenerationError, TrainingDiverged, FileNotFoundError, ValueError, KeyError) as err:
         raise fail(str(err).strip("'\"")) from None
     except OSError as err:
         if err.errno not in FULL | NOT_WRITABLE:

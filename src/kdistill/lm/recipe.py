@@ -286,7 +286,7 @@ def generate_teacher_answers(
 ) -> Path:
     """Teacher answers for every prompt, in a generation store keyed by what determines them."""
     from kdistill.generate.prompts import load_prompts
-    from kdistill.generate.run import generate
+    from kdistill.generate.run import check_servers, generate
 
     prompts = load_prompts(prompts_file)
     if cfg.prompts.limit is not None:
@@ -317,9 +317,11 @@ def generate_teacher_answers(
             for p in prompts
         ]
         atomic_write_text(subset, "".join(json.dumps(r) + "\n" for r in records))
-    summary = generate(
-        generation_config(cfg, subset, out / "store"), progress=lambda stats: log.log({"step": stats.done})
-    )
+    gen_cfg = generation_config(cfg, subset, out / "store")
+    check_servers(
+        gen_cfg
+    )  # an endpoint teacher: reachable and serving the named model, or one line in seconds
+    summary = generate(gen_cfg, progress=lambda stats: log.log({"step": stats.done}))
     mark_done(out, {"summary": str(summary)})
     return out / "store"
 
