@@ -1,6 +1,6 @@
 """Every bad config input is one line naming the file (or override) and the field, exit 2, no traceback:
 undecodable or oversized files, bad overrides, duplicate YAML keys, empty files, loss weights that train
-nothing, runaway lists, non-finite or absurd numbers, over-long names (issue 15, part 1)."""
+nothing, runaway lists, non-finite or absurd numbers, over-long names, a missing `task:` line."""
 
 from __future__ import annotations
 
@@ -504,3 +504,24 @@ def test_an_unusable_path_is_a_config_error_not_an_os_error(tmp_path, override, 
 def test_model_references_that_would_fail_far_from_the_config(tmp_path, override, message):
     path = write(tmp_path, LM)
     assert_one_error(validate(path, override), f"{path}: teacher.model: {message}")
+
+
+@pytest.mark.parametrize(
+    ("text", "task", "keys"),
+    [
+        ("name: l\ngeneration:\n  max_new_tokens: 8\nprompts:\n  limit: 4\n", "lm", "generation, prompts"),
+        ("name: e\nstudents:\n  - {name: s, kind: static}\n", "encoder", "students"),
+    ],
+)
+def test_a_missing_task_line_is_named_when_the_unknown_keys_are_another_tasks(tmp_path, text, task, keys):
+    path = write(tmp_path, text)
+    lines = error_lines(validate(path))
+    assert lines[-1] == (
+        f"error: {path}: {keys}: keys of a `task: {task}` config; is the `task: {task}` line missing?"
+    )
+    assert all(line.endswith("unknown key") for line in lines[:-1]) and len(lines) == 1 + keys.count(",") + 1
+
+
+def test_keys_no_task_knows_get_no_task_hint(tmp_path):
+    lines = error_lines(validate(write(tmp_path, "name: x\nbogus: 1\n")))
+    assert len(lines) == 1 and lines[0].endswith("bogus: unknown key")

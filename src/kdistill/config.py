@@ -62,7 +62,21 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig
             return EncoderRunConfig.model_validate(data)
         return RunConfig.model_validate({k: v for k, v in data.items() if k != "task"})
     except ValidationError as err:
-        raise ConfigError(format_validation_errors(err, source)) from None
+        raise ConfigError(format_validation_errors(err, source) + _task_hint(data, task, source)) from None
+
+
+def _task_hint(data: dict, task: str, source: str) -> str:
+    """A last line when the top-level keys the task does not know all belong to another task's config (the
+    usual cause: a `task:` line left out), else nothing."""
+    models = {"classify": RunConfig, "lm": LMRunConfig, "encoder": EncoderRunConfig}
+    unknown = {k for k in data if k != "task" and k not in models[task].model_fields}
+    if not unknown:
+        return ""
+    fits = [name for name, model in models.items() if name != task and unknown <= model.model_fields.keys()]
+    if len(fits) != 1:
+        return ""
+    keys, other = ", ".join(sorted(unknown)), fits[0]
+    return f"\n{source}: {keys}: keys of a `task: {other}` config; is the `task: {other}` line missing?"
 
 
 def builtin_recipes() -> list[str]:
