@@ -248,7 +248,17 @@ def test_a_pickled_lm_teacher_is_refused(tmp_path, pickled_lm, no_unpickling):
 
 
 def test_a_pickled_pretrained_student_is_refused(tmp_path, pickled_lm, no_unpickling):
-    config = {"task": "lm", "student": {"init": "pretrained", "model": str(pickled_lm)}}
+    """The teacher is a safetensors folder (the default teacher is a package this machine may not have)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    teacher = tmp_path / "safetensors-llama"
+    tiny = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, num_key_value_heads=2, **tiny)).save_pretrained(teacher)
+    config = {
+        "task": "lm",
+        "teacher": {"model": str(teacher)},
+        "student": {"init": "pretrained", "model": str(pickled_lm)},
+    }
     result = validate(tmp_path, config)
     assert_one_error(result, f"student.model: {_refusal(pickled_lm)}")
 
