@@ -236,6 +236,24 @@ def test_lm_run_with_a_cached_teacher_signal_compares_kd_with_sft(tmp_path, tiny
     sft = AutoModelForCausalLM.from_pretrained(result.run_dir / "student_sft").state_dict()
     assert any(not (kd[k] == sft[k]).all() for k in kd)
     assert "student (SFT on answers only)" in (result.run_dir / "report.html").read_text()
+    assert not any("distill.temperature" in w for w in manifest.get("warnings", []))  # T = 1 is exact
+
+
+def test_a_top_k_signal_at_another_temperature_is_warned_about(tmp_path, tiny_teacher):
+    """The one-bucket tail is biased at T != 1 (docs/topk_tail.md): the run says so, in which direction."""
+    teacher, prompts = tiny_teacher
+    cfg = _config(teacher, prompts, epochs=1)
+    for temperature, direction in ((2.0, "underestimates"), (0.5, "overestimates")):
+        distill = cfg.distill.model_copy(update={"signal": "cached", "top_k": 8, "temperature": temperature})
+        result = run_lm(
+            cfg.model_copy(update={"distill": distill}),
+            runs_dir=tmp_path / f"runs-{temperature}",
+            cache_root=tmp_path / "cache",
+        )
+        warnings = json.loads((result.run_dir / "manifest.json").read_text())["warnings"]
+        (warning,) = [w for w in warnings if "distill.temperature" in w]
+        assert warning.startswith(f"distill.temperature is {temperature:g} with a top-k teacher signal")
+        assert direction in warning
 
 
 def test_lm_run_online_teacher_with_hidden_states_and_on_policy_steps(tmp_path, tiny_teacher, monkeypatch):

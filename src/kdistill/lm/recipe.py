@@ -510,6 +510,13 @@ def teacher_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]
     """The store the white-box arms train from: `distill.signal_dir` as given (checked against the student's
     tokenizer), the endpoint's logprobs converted, or the local teacher's captured."""
     d = run.cfg.distill
+    if d.temperature != 1.0 and d.cross_tokenizer is None:
+        direction = "underestimates" if d.temperature > 1 else "overestimates"
+        run.warn(
+            f"distill.temperature is {d.temperature:g} with a top-k teacher signal: the teacher's tail is tempered "
+            f"as one bucket, which {direction} its tempered mass, by a lot on real distributions "
+            "(docs/topk_tail.md); temperature 1 is exact"
+        )
     if d.signal_dir is not None:
         store = Path(d.signal_dir)
         check_signal_store(run, store, train_rows)
