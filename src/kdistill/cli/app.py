@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from kdistill.cli.capture import capture_command
+from kdistill.cli.export import export_command
 from kdistill.cli.generate import generate_command
 from kdistill.cli.methods import methods
 from kdistill.cli.models import models
@@ -35,6 +36,7 @@ app.command()(recipes)
 app.command("generate")(generate_command)
 app.command("capture")(capture_command)
 app.command("verify")(verify_command)
+app.command("export")(export_command)
 app.add_typer(provenance_app, name="provenance")
 
 
