@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
+from kdistill.detection.boxes import box_iou
 from kdistill.detection.coco import EDGE_TOLERANCE_PX
 
 IOU_50 = 0.5
@@ -42,20 +41,6 @@ class GroundTruth:
 
     boxes: Tensor
     labels: Tensor
-
-
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), x1 y1 x2 y2 -> (N, M).
-
-    Two boxes whose union has no area (both degenerate) have IoU 0, not NaN.
-    """
-    area_a = (a[:, 2] - a[:, 0]).clamp_min(0) * (a[:, 3] - a[:, 1]).clamp_min(0)  # (N,)
-    area_b = (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)  # (M,)
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
-    intersection = (bottom_right - top_left).clamp_min(0).prod(dim=-1)  # (N, M)
-    union = area_a[:, None] + area_b[None, :] - intersection
-    return torch.where(union > 0, intersection / union.clamp_min(torch.finfo(union.dtype).tiny), 0.0)
 
 
 def coco_map(
@@ -108,6 +93,8 @@ def coco_map(
         }
         for image_id, box, label, score in _flatten_scored(predictions)
     ]
+    from pycocotools.cocoeval import COCOeval  # here: training a detector needs no evaluation dependency
+
     with contextlib.redirect_stdout(io.StringIO()):
         truth = _in_memory_coco({"images": images, "categories": categories, "annotations": annotations})
         # loadRes cannot read an empty list (it looks at the first entry), so no detections is an empty set
@@ -283,7 +270,9 @@ def _flatten_scored(predictions: Sequence[Detections]):
             yield index + 1, box, label, score
 
 
-def _in_memory_coco(dataset: dict[str, Any]) -> COCO:
+def _in_memory_coco(dataset: dict[str, Any]) -> Any:
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = dataset
     coco.createIndex()
