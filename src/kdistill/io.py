@@ -12,7 +12,7 @@ import hashlib
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,15 +67,15 @@ def make_readable(directory: str | os.PathLike[str]) -> None:
             os.chmod(path, mode)
 
 
-def atomic_save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:
-    """`tensors` as a safetensors file at `path`, written beside it and renamed into place, readable like
-    any other output (`new_file_mode`, not safetensors' private 0600)."""
-    from safetensors.torch import save_file
-
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that insists on a file name (safetensors, ONNX exporters):
+    on success the file is synced, made readable like any other output (`new_file_mode`) and renamed onto
+    `path`; on any error it is removed and `path` is untouched."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, str(tmp))
+        yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, new_file_mode())
@@ -84,7 +84,16 @@ def atomic_save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return target
+
+
+def atomic_save_safetensors(path: str | os.PathLike[str], tensors: dict[str, Any]) -> Path:
+    """`tensors` as a safetensors file at `path`, written beside it and renamed into place, readable like
+    any other output (`new_file_mode`, not safetensors' private 0600)."""
+    from safetensors.torch import save_file
+
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp))
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

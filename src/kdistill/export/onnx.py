@@ -13,13 +13,14 @@ import contextlib
 import io
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from kdistill.io import atomic_output
 
 __all__ = ["OnnxCheck", "check_onnx", "export_onnx"]
 
@@ -30,37 +31,20 @@ PARITY_RTOL = 1e-4
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     """Write `model` (in eval mode, float32, on the CPU) as ONNX to `path`, batch dimension dynamic."""
-    target = Path(path)
     model = model.eval().float().cpu()
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".onnx")
-    os.close(fd)
-    try:
-        batch = torch.export.Dim("batch", min=1)
-        # the exporter prints its progress; the command line prints its own summary instead
-        with contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(
-                model,
-                (example.float().cpu(),),
-                tmp_name,
-                dynamo=True,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
-                external_data=False,
-            )
-        os.chmod(tmp_name, 0o644 & ~_umask())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    return target
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_output(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress
+        torch.onnx.export(
+            model,
+            (example.float().cpu(),),
+            str(tmp),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+        )
+    return Path(path)
 
 
 @dataclass(frozen=True)
