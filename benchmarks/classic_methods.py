@@ -25,6 +25,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -487,7 +488,9 @@ def markdown(results: dict[str, Any]) -> str:
         MARK_BEGIN,
         "### Results",
         "",
-        f"Measured {m['date'][:10]} on {m['cpu_model']} ({m['cpu_count']} cores, torch threads: {m['torch_threads']}), "
+        f"Measured {m['date'][:10]}"
+        + (f" at commit {m['commit']}" if m.get("commit") else "")
+        + f" on {m['cpu_model']} ({m['cpu_count']} cores, torch threads: {m['torch_threads']}), "
         f"{m['platform']}, Python {m['python']}, torch {m['torch']}; total wall time "
         f"{results['total_wall_seconds'] / 60:.1f} min; load average before/after {m['loadavg_before']} / "
         f"{m['loadavg_after']}. Reproduce with",
@@ -582,8 +585,12 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit or None,  # the code measured ("-dirty": with uncommitted changes)
         "platform": platform.platform(),
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
