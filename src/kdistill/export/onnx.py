@@ -2,7 +2,9 @@
 
 Export uses torch's own exporter (`torch.onnx.export(dynamo=True)`, which needs the `onnxscript` package) with a
 dynamic batch dimension; the file appears atomically (written beside the target, then renamed), so a failed
-export leaves no half-written model. `check_onnx` runs the file in onnxruntime on the CPU and compares its
+export leaves no half-written model. A model whose output is structured (a detector's per-level lists in a
+dataclass) is exported with its tensors flattened in a fixed order (`output_tensors`), one ONNX output each.
+`check_onnx` runs the file in onnxruntime on the CPU and compares its
 outputs with PyTorch's on the same inputs, and times both at batch 1 the same way (warm-up discarded, the
 median of several rounds, the runs alternating), since a student is worth what it saves where it runs.
 """
@@ -14,33 +16,67 @@ import io
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from kdistill.io import atomic_output
 
-__all__ = ["OnnxCheck", "check_onnx", "export_onnx"]
+__all__ = ["FlatOutputs", "OnnxCheck", "check_onnx", "export_onnx", "output_tensors"]
 
 # onnxruntime and PyTorch sum in different orders: float32 outputs of the zoo's students agree to ~1e-6
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-4
 
 
+def output_tensors(output: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a model's output in a fixed order: a tensor, or the tensors inside dataclass fields,
+    lists, tuples and dicts (depth first, in field / index / key order); other values (ints) are skipped."""
+    if isinstance(output, torch.Tensor):
+        yield output
+    elif is_dataclass(output):
+        for field in fields(output):
+            yield from output_tensors(getattr(output, field.name))
+    elif isinstance(output, list | tuple):
+        for item in output:
+            yield from output_tensors(item)
+    elif isinstance(output, dict):
+        for item in output.values():
+            yield from output_tensors(item)
+
+
+class FlatOutputs(nn.Module):
+    """`model` with its output as a tuple of tensors (`output_tensors`): what ONNX can name and return."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(output_tensors(self.model(x)))
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> Path:
-    """Write `model` (in eval mode, float32, on the CPU) as ONNX to `path`, batch dimension dynamic."""
+    """Write `model` (in eval mode, float32, on the CPU) as ONNX to `path`, batch dimension dynamic. A model
+    with one tensor output names it `logits`; otherwise the outputs are `output_<i>` in `output_tensors` order."""
     model = model.eval().float().cpu()
+    with torch.inference_mode():
+        outputs = list(output_tensors(model(example.float().cpu())))
+    names = ["logits"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    flat = FlatOutputs(model).eval()
     batch = torch.export.Dim("batch", min=1)
     with atomic_output(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress
         torch.onnx.export(
-            model,
+            flat,
             (example.float().cpu(),),
             str(tmp),
             dynamo=True,
             input_names=["input"],
-            output_names=["logits"],
+            output_names=names,
             dynamic_shapes=({0: batch},),
             external_data=False,
         )
@@ -77,10 +113,15 @@ def check_onnx(
     model = model.eval().float().cpu()
     x = inputs.float().cpu()
     with torch.inference_mode():
-        expected = model(x).numpy()
-    got = session.run(None, {name: x.numpy()})[0]
-    diff = float(abs(got - expected).max()) if expected.size else 0.0
-    within = bool(((abs(got - expected)) <= PARITY_ATOL + PARITY_RTOL * abs(expected)).all())
+        expected = [t.numpy() for t in output_tensors(model(x))]
+    got = session.run(None, {name: x.numpy()})
+    if len(got) != len(expected):
+        raise ValueError(f"{path}: {len(got)} outputs, but the model gives {len(expected)} tensors")
+    diff, within = 0.0, True
+    for g, e in zip(got, expected, strict=True):  # every output, in output_tensors order
+        if e.size:
+            diff = max(diff, float(abs(g - e).max()))
+            within = within and bool((abs(g - e) <= PARITY_ATOL + PARITY_RTOL * abs(e)).all())
 
     one = x[:1]
     one_np = one.numpy()
