@@ -12,6 +12,7 @@ from kdistill.detection.fcos import fcos_loss, postprocess
 from kdistill.detection.metrics import Detections, GroundTruth, coco_map, teacher_agreement
 from kdistill.detection.models import DETECTOR_SIZES, DetectorSize, FCOSDetector, FCOSOutput, build_detector
 from kdistill.detection.scenes import CLASSES, Scene, make_scenes, render_scene
+from kdistill.detection.transfer import teacher_labelled
 
 __all__ = [
     "CLASSES",
@@ -32,5 +33,6 @@ __all__ = [
     "postprocess",
     "render_scene",
     "teacher_agreement",
+    "teacher_labelled",
     "write_coco",
 ]
