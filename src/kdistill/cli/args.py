@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from kdistill.cli.output import fail
 from kdistill.config import load_config
@@ -22,13 +21,10 @@ OverridesArg = Annotated[
 
 
 def load_or_fail(config: str | None, overrides: list[str] | None) -> Any:
-    """The validated config, or a one-line-per-problem user error (exit 2).
-
-    The message quotes the user's own text (values, overrides), escaped so that `fail` prints `[/x]` as
-    written instead of reading it as rich markup."""
+    """The validated config, or a one-line-per-problem user error (exit 2)."""
     try:
         return load_config(config, overrides or [])
     except ConfigError as err:
         raise fail(
-            escape(str(err)), "`kdistill methods` lists loss names; `kdistill recipes` shows example configs"
+            str(err), "`kdistill methods` lists loss names; `kdistill recipes` shows example configs"
         ) from None

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import Progress, ProgressColumn, Task
 from rich.table import Table
@@ -20,13 +21,15 @@ if not console.is_terminal:  # logs and pipes: rich would assume 80 columns and 
 err_console = Console(stderr=True)
 
 
-def fail(message: str, hint: str | None = None) -> typer.Exit:
-    """Print a user error (one line per problem, optional hint) and return the exit-code-2 exception."""
+def fail(message: str, hint: str | None = None, *, code: int = 2) -> typer.Exit:
+    """Print a user error (one line per problem, optional hint) and return the exception that exits with
+    `code` (2: bad input; 1: a run that failed for another reason). Messages quote the user's own text
+    (paths, values), so they are printed as written, never read as rich markup."""
     for line in message.splitlines():
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
     if hint:
-        err_console.print(f"[dim]hint: {hint}[/]", soft_wrap=True)
-    return typer.Exit(code=2)
+        err_console.print(f"[dim]hint: {escape(hint)}[/]", soft_wrap=True)
+    return typer.Exit(code=code)
 
 
 class FittingProgress(Progress):

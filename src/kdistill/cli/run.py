@@ -129,5 +129,4 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def run_failed(message: str) -> typer.Exit:
     """A run that failed for a reason other than its config: printed as a user error is, but exit 1."""
-    fail(message)  # prints it; its own exit code (2) is for bad input
-    return typer.Exit(code=EXIT_FAILED)
+    return fail(message, code=EXIT_FAILED)
