@@ -71,8 +71,32 @@ ENCODER_RESULT_COLUMNS: tuple[str, ...] = (
     "speedup",
     "train time",
 )
+# Object-detection runs (metrics["task"] == "detection"): COCO box mAP on held-out images, per image timings.
+DETECTION_RESULT_COLUMNS: tuple[str, ...] = (
+    "model",
+    "role",
+    "mAP@[.5:.95]",
+    "mAP@.5",
+    "agrees w/ teacher",
+    "params",
+    "size",
+    "ms / image",
+    "onnxruntime ms",
+    "params vs teacher",
+    "speedup",
+)
 _TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
 _MISSING = "—"
+
+# A model's headline quality per task: (metrics key, its std key, label). It is the trade-off plot's y value,
+# and `<key>_per_seed` counts the seeds behind a table's "±". LM and encoder recipes fill "accuracy" with
+# their own headline number (top-1 agreement, recall@10), so only the label differs for them.
+_QUALITY: dict[str | None, tuple[str, str, str]] = {
+    "lm": ("accuracy", "accuracy_std", "top-1 agreement with teacher"),
+    "encoder": ("accuracy", "accuracy_std", "recall@10"),
+    "detection": ("map", "map_std", "mAP@[.5:.95]"),
+}
+_DEFAULT_QUALITY = ("accuracy", "accuracy_std", "accuracy")
 
 # tab10: distinguishable, colour-blind friendlier than the old default cycle.
 _PALETTE = (
@@ -204,8 +228,12 @@ def _teacher(metrics: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return next((m for m in metrics.get("models", []) if m.get("role") == "teacher"), None)
 
 
+def _quality(metrics: Mapping[str, Any]) -> tuple[str, str, str]:
+    return _QUALITY.get(metrics.get("task"), _DEFAULT_QUALITY)
+
+
 def _seed_count(model: Mapping[str, Any], metrics: Mapping[str, Any]) -> int:
-    per_seed = model.get("accuracy_per_seed")
+    per_seed = model.get(f"{_quality(metrics)[0]}_per_seed")
     if per_seed:
         return len(per_seed)
     return len(metrics.get("run", {}).get("seeds", [])) or 1
@@ -223,7 +251,12 @@ def result_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
     task = metrics.get("task")
     if task == "lm" and metrics.get("reasoning"):  # verified reasoning: problems solved comes first
         return (*LM_RESULT_COLUMNS[:2], "held-out solved", *LM_RESULT_COLUMNS[2:])
-    return {"lm": LM_RESULT_COLUMNS, "encoder": ENCODER_RESULT_COLUMNS}.get(task, RESULT_COLUMNS)
+    by_task = {
+        "lm": LM_RESULT_COLUMNS,
+        "encoder": ENCODER_RESULT_COLUMNS,
+        "detection": DETECTION_RESULT_COLUMNS,
+    }
+    return by_task.get(task, RESULT_COLUMNS)
 
 
 def _encoder_row(model: Mapping[str, Any], name: str, role: str, ratio: str, speedup: str) -> list[str]:
@@ -248,6 +281,24 @@ def _encoder_row(model: Mapping[str, Any], name: str, role: str, ratio: str, spe
     ]
 
 
+def _detection_row(
+    model: Mapping[str, Any], name: str, role: str, ratio: str, speedup: str, n_seeds: int
+) -> list[str]:
+    return [
+        name,
+        role,
+        _format_percent(model.get("map"), model.get("map_std"), n_seeds),
+        _format_percent(model.get("map_50"), model.get("map_50_std"), n_seeds),
+        _format_percent(model.get("agreement_f1"), model.get("agreement_f1_std"), n_seeds),
+        _format_count(model.get("params")),
+        _format_bytes(model.get("size_bytes")),
+        _format_ms(model.get("latency_ms")),
+        _format_ms(model.get("onnx_latency_ms")),  # None when ONNX timing was off or failed
+        ratio,
+        speedup,  # PyTorch latencies, measured the same way for every model
+    ]
+
+
 def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     """The formatted cells of the results table, teacher first, one list per model (see result_columns)."""
     teacher = _teacher(metrics) or {}
@@ -259,6 +310,9 @@ def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         name, role = str(model.get("name", _MISSING)), str(model.get("role", _MISSING))
         if metrics.get("task") == "encoder":
             rows.append(_encoder_row(model, name, role, ratio, speedup))
+            continue
+        if metrics.get("task") == "detection":
+            rows.append(_detection_row(model, name, role, ratio, speedup, n_seeds))
             continue
         if metrics.get("task") == "lm":
             ppl = _number(model.get("perplexity_on_teacher_answers"))
@@ -395,7 +449,7 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
         figure = Figure(figsize=(11, 4.2), layout="constrained")
         loss_axes, accuracy_axes = figure.subplots(1, 2)
         panels = ((loss_axes, loss_curves), (accuracy_axes, accuracy_curves))
-    else:  # no held-out accuracy during training (LM and encoder runs): the loss panel alone
+    else:  # no held-out accuracy during training (LM, encoder, detection runs): the loss panel alone
         figure = Figure(figsize=(6.5, 4.2), layout="constrained")
         loss_axes, accuracy_axes = figure.subplots(1, 1), None
         panels = ((loss_axes, loss_curves),)
@@ -428,18 +482,22 @@ def plot_learning_curves(metrics: Mapping[str, Any], path: Path) -> Path | None:
 
 
 def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
-    """Accuracy (± std over seeds) against parameters and against latency per sample, both log-scaled."""
+    """Quality (± std over seeds) against parameters and against latency per sample, both log-scaled.
+
+    Quality is the task's headline number (see _QUALITY): accuracy, or mAP@[.5:.95] for detection.
+    """
     colours = _model_colours(metrics)
+    y_key, std_key, quality = _quality(metrics)
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     params_axes, latency_axes = figure.subplots(1, 2)
     for axes, x_key in ((params_axes, "params"), (latency_axes, "latency_ms")):
         plotted = 0
         for model in _models_teacher_first(metrics):
-            x, y = _number(model.get(x_key)), _number(model.get("accuracy"))
+            x, y = _number(model.get(x_key)), _number(model.get(y_key))
             if x is None or y is None or x <= 0:
                 continue  # log axis: a missing or zero value has no place on it
             name = str(model.get("name"))
-            std = _number(model.get("accuracy_std")) or 0.0
+            std = _number(model.get(std_key)) or 0.0
             axes.errorbar(x, 100 * y, yerr=100 * std, fmt="o", color=colours[name], capsize=4, markersize=7)
             axes.annotate(
                 _plot_text(name), (x, 100 * y), xytext=(7, 5), textcoords="offset points", fontsize="small"
@@ -450,9 +508,7 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
         axes.grid(True, which="both", alpha=0.3)
         if plotted == 0:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-    task = metrics.get("task")
-    quality = {"lm": "top-1 agreement with teacher", "encoder": "recall@10"}.get(task, "accuracy")
-    per = {"lm": "answer", "encoder": "text"}.get(task, "sample")
+    per = {"lm": "answer", "encoder": "text", "detection": "image"}.get(metrics.get("task"), "sample")
     params_axes.set(title=f"{quality} vs size", xlabel="parameters (log)", ylabel=f"{quality} (%)")
     latency_axes.set(
         title=f"{quality} vs speed", xlabel=f"latency per {per}, ms (log)", ylabel=f"{quality} (%)"
@@ -542,7 +598,8 @@ def _html_page(
         parts.append(_html_table(["summary", "value"], other_numbers, numeric_from=1, css_class="small"))
 
     parts.append("<h2>Trade-off</h2>")
-    parts.append(f'<img src="{html.escape(tradeoff.name)}" alt="accuracy against parameters and latency">')
+    quality = html.escape(_quality(metrics)[2])
+    parts.append(f'<img src="{html.escape(tradeoff.name)}" alt="{quality} against parameters and latency">')
     if learning_curves is not None:
         parts.append("<h2>Learning curves</h2>")
         parts.append(
