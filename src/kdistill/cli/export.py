@@ -3,28 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kdistill.cli.output import console, fail
 
+if TYPE_CHECKING:
+    from kdistill.export.onnx import OnnxCheck
+
+# A detector costs far more per input than a classic student: this many images suffice for the parity check.
+DETECTION_CHECK_BATCH = 8
+
 
 def export_command(
     student: Annotated[
         Path,
-        typer.Argument(help="a student's job folder in a run folder, e.g. runs/digits-.../jobs/distilled-s0"),
+        typer.Argument(
+            help="a student's job folder in a classic or detection run folder, "
+            "e.g. runs/digits-.../jobs/distilled-s0"
+        ),
     ],
     onnx: Annotated[Path, typer.Option("--onnx", help="write the student as ONNX to this file")],
-    peer: Annotated[int, typer.Option(help="mutual learning: which peer of the job (0, 1, ...)", min=0)] = 0,
-    check_batch: Annotated[int, typer.Option(help="inputs in the onnxruntime-vs-PyTorch check", min=1)] = 64,
+    peer: Annotated[
+        int, typer.Option(help="classic mutual learning: which peer of the job (0, 1, ...)", min=0)
+    ] = 0,
+    check_batch: Annotated[
+        int,
+        typer.Option(
+            help=f"inputs in the onnxruntime-vs-PyTorch check (detection: at most {DETECTION_CHECK_BATCH})",
+            min=1,
+        ),
+    ] = 64,
 ) -> None:
-    """Export a classic student to ONNX, check onnxruntime's outputs against PyTorch's, time both at batch 1.
+    """Export a classic (classifier) or detection student to ONNX, check onnxruntime's outputs against
+    PyTorch's, time both at batch 1. The run's config.yaml says which kind the job holds.
 
     Example: kdistill export runs/digits-20261202-101500/jobs/distilled-s0 --onnx student.onnx
+
+    Example: kdistill export runs/detection-20261202-101500/jobs/response-s0 --onnx detector.onnx
     """
+    from kdistill.detection.saved import is_detection_job
+
+    if is_detection_job(student):
+        _export_detector(student, onnx, peer, min(check_batch, DETECTION_CHECK_BATCH))
+        return
     from kdistill.classic.saved import example_inputs, load_job_student
-    from kdistill.export.onnx import PARITY_ATOL, PARITY_RTOL, check_onnx, export_onnx
+    from kdistill.export.onnx import check_onnx, export_onnx
     from kdistill.runs.threads import torch_threads
 
     try:
@@ -40,9 +65,50 @@ def export_command(
     console.print(
         f"wrote {onnx} ({size_kb:.1f} kB): {saved.arch} student of job {saved.job}", highlight=False
     )
+    _report(check, f"{check_batch} inputs")
+
+
+def _export_detector(student: Path, onnx: Path, peer: int, check_batch: int) -> None:
+    """The detection half of `export`: the same export and check, on seeded images of the run's size."""
+    import torch
+
+    from kdistill.detection.saved import example_images, load_detection_student
+    from kdistill.export.onnx import check_onnx, export_onnx, output_tensors
+    from kdistill.runs.threads import torch_threads
+
+    if peer != 0:
+        raise fail(
+            f"--peer {peer}: {student} is a detection job; --peer applies to classic mutual-learning runs"
+        )
+    try:
+        saved = load_detection_student(student)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    if not onnx.parent.is_dir():
+        raise fail(f"--onnx {onnx}: no folder {onnx.parent}")
+    example = example_images(saved, 2)
+    with torch_threads(1):  # the setting students are timed in on small CPUs
+        export_onnx(saved.model, example, onnx)
+        check = check_onnx(saved.model, onnx, example_images(saved, check_batch, seed=1))
+        with torch.inference_mode():
+            outputs = len(list(output_tensors(saved.model(example[:1]))))
+    size_kb = onnx.stat().st_size / 1024
+    height, width = saved.image_size
+    console.print(
+        f"wrote {onnx} ({size_kb:.1f} kB): {saved.arch} student of job {saved.job} "
+        f"({height}x{width} images, {saved.num_classes} classes)",
+        highlight=False,
+    )
+    _report(check, f"{check_batch} images, {outputs} outputs")
+
+
+def _report(check: OnnxCheck, compared: str) -> None:
+    """The parity and latency line; exit 1 when onnxruntime and PyTorch disagree."""
+    from kdistill.export.onnx import PARITY_ATOL, PARITY_RTOL
+
     verdict = "equal" if check.within_tolerance else "NOT equal"
     console.print(
-        f"onnxruntime vs PyTorch on {check_batch} inputs: max |diff| {check.max_abs_diff:.2e} ({verdict} within "
+        f"onnxruntime vs PyTorch on {compared}: max |diff| {check.max_abs_diff:.2e} ({verdict} within "
         f"atol {PARITY_ATOL:g} + rtol {PARITY_RTOL:g}); batch 1, 1 thread: PyTorch {check.torch_ms:.3f} ms, "
         f"onnxruntime {check.onnxruntime_ms:.3f} ms (median of {check.rounds} rounds)",
         highlight=False,
