@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -69,7 +71,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     names = ["logits"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     flat = FlatOutputs(model).eval()
     batch = torch.export.Dim("batch", min=1)
-    with atomic_output(path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress
+    with atomic_output(path) as tmp, contextlib.redirect_stdout(io.StringIO()), quiet_exporter():
         torch.onnx.export(
             flat,
             (example.float().cpu(),),
@@ -81,6 +83,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
             external_data=False,
         )
     return Path(path)
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporter's progress (stdout), its notes that torchvision's operators are not registered (none of
+    kdistill's models uses them) and a deprecation warning from inside torch: noise on a user's terminal."""
+    exporter_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        exporter_log.setLevel(level)
 
 
 @dataclass(frozen=True)
