@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kdistill.classic.config import RunConfig
+from kdistill.detection.config import DetectionRunConfig
 from kdistill.encoders.config import EncoderRunConfig
 from kdistill.lm.config import LMRunConfig
 from kdistill.schema import (
@@ -28,6 +29,7 @@ from kdistill.schema import (
 
 __all__ = [
     "ConfigError",
+    "DetectionRunConfig",
     "EncoderRunConfig",
     "LMRunConfig",
     "RunConfig",
@@ -41,9 +43,18 @@ __all__ = [
 ]
 
 
-def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig | EncoderRunConfig:
-    """Validate a mapping into a RunConfig (LMRunConfig for `task: lm`, EncoderRunConfig for `task: encoder`),
-    raising ConfigError with field paths."""
+AnyRunConfig = RunConfig | LMRunConfig | EncoderRunConfig | DetectionRunConfig
+TASK_CONFIGS = {
+    "classify": RunConfig,
+    "lm": LMRunConfig,
+    "encoder": EncoderRunConfig,
+    "detection": DetectionRunConfig,
+}
+
+
+def parse_config(data: Any, source: str = "<config>") -> AnyRunConfig:
+    """Validate a mapping into the config of its `task:` (RunConfig for the default `classify`,
+    LMRunConfig, EncoderRunConfig, DetectionRunConfig), raising ConfigError with field paths."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -51,16 +62,14 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig
             f"{source}: expected a mapping of config keys at the top level, got {type(data).__name__}"
         )
     task = data.get("task", "classify")
-    if task not in ("classify", "lm", "encoder"):
+    if not isinstance(task, str) or task not in TASK_CONFIGS:
         raise ConfigError(
-            f"{source}: task: expected 'classify' (the default), 'lm' or 'encoder', got {task!r}"
+            f"{source}: task: expected 'classify' (the default), 'lm', 'encoder' or 'detection', got {task!r}"
         )
     try:
-        if task == "lm":
-            return LMRunConfig.model_validate(data)
-        if task == "encoder":
-            return EncoderRunConfig.model_validate(data)
-        return RunConfig.model_validate({k: v for k, v in data.items() if k != "task"})
+        if task == "classify":
+            return RunConfig.model_validate({k: v for k, v in data.items() if k != "task"})
+        return TASK_CONFIGS[task].model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_errors(err, source) + _task_hint(data, task, source)) from None
 
@@ -68,7 +77,7 @@ def parse_config(data: Any, source: str = "<config>") -> RunConfig | LMRunConfig
 def _task_hint(data: dict, task: str, source: str) -> str:
     """A last line when the top-level keys the task does not know all belong to another task's config (the
     usual cause: a `task:` line left out), else nothing."""
-    models = {"classify": RunConfig, "lm": LMRunConfig, "encoder": EncoderRunConfig}
+    models = TASK_CONFIGS
     unknown = {k for k in data if k != "task" and k not in models[task].model_fields}
     if not unknown:
         return ""
@@ -87,9 +96,7 @@ def builtin_recipes() -> list[str]:
     )
 
 
-def load_config(
-    path_or_recipe: str | Path | None = None, overrides: list[str] | None = None
-) -> RunConfig | LMRunConfig | EncoderRunConfig:
+def load_config(path_or_recipe: str | Path | None = None, overrides: list[str] | None = None) -> AnyRunConfig:
     """Load a YAML file, or a built-in recipe by name (None = the default recipe `digits`).
 
     The file must hold at least one setting: an empty one would silently run every default."""

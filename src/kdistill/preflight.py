@@ -23,6 +23,7 @@ from kdistill.weight_files import (
 __all__ = [
     "INPUT_SHAPES",
     "PreflightError",
+    "check_detector_checkpoint",
     "config_problems",
     "pickle_only_weights",
     "preflight",
@@ -44,10 +45,13 @@ def preflight(cfg: Any) -> None:
 
 
 def config_problems(cfg: Any) -> list[str]:
-    """One line per problem of a classic, `task: lm` or `task: encoder` config."""
+    """One line per problem of a classic, `task: lm`, `task: encoder` or `task: detection` config."""
+    from kdistill.detection.config import DetectionRunConfig
     from kdistill.encoders.config import EncoderRunConfig
     from kdistill.lm.config import LMRunConfig
 
+    if isinstance(cfg, DetectionRunConfig):
+        return list(_detection_problems(cfg))
     if isinstance(cfg, LMRunConfig):
         return list(_lm_problems(cfg))
     if isinstance(cfg, EncoderRunConfig):
@@ -104,6 +108,74 @@ def _classic_problems(cfg: Any) -> Iterator[str]:
     for i, term in enumerate(cfg.loss):
         yield from _missing_module(f"loss.{i}.student_layer", term.student_layer, student, cfg.student.arch)
         yield from _missing_module(f"loss.{i}.teacher_layer", term.teacher_layer, tapped, tapped_arch)
+
+
+# -- detection ---------------------------------------------------------------------------------------------
+
+DETECTOR_PREFIX = "student."  # a detection job (and the cached teacher) saves its detector under this prefix
+
+
+def check_detector_checkpoint(path: Path, model: Any, arch: str, field: str) -> None:
+    """PreflightError (one line) unless the safetensors file holds exactly `model`'s tensors with their shapes,
+    bare or under `student.` (a job's own weights); only the header is read."""
+    shapes = safetensors_shapes(path, field)
+    if shapes and all(n.startswith(DETECTOR_PREFIX) for n in shapes):
+        shapes = {n.removeprefix(DETECTOR_PREFIX): s for n, s in shapes.items()}
+    elif any(n.startswith(DETECTOR_PREFIX) for n in shapes):  # a distillation job: the student plus adapters
+        shapes = {
+            n.removeprefix(DETECTOR_PREFIX): s for n, s in shapes.items() if n.startswith(DETECTOR_PREFIX)
+        }
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    problems = []
+    if missing := [n for n in expected if n not in shapes]:
+        problems.append(
+            f"missing {', '.join(missing[:3])}"
+            + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        )
+    if unexpected := [n for n in shapes if n not in expected]:
+        problems.append(
+            f"unexpected {', '.join(unexpected[:3])}"
+            + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
+        )
+    for name in (n for n in expected if n in shapes and tuple(shapes[n]) != expected[n]):
+        problems.append(f"{name} is {list(shapes[name])} in the file, {list(expected[name])} in {arch}")
+    if problems:
+        raise PreflightError(f"{field}: {path} does not fit detector {arch!r}: {'; '.join(problems[:4])}")
+
+
+def _detection_problems(cfg: Any) -> Iterator[str]:
+    import torch
+
+    from kdistill.detection.coco import INSTANCES_FILE
+    from kdistill.detection.models import build_detector
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        yield "device: cuda was asked for but torch sees no CUDA device; use device: cpu (or auto)"
+    for field in ("train_folder", "test_folder", "unlabeled_folder"):
+        folder = getattr(cfg.data, field)
+        if folder is not None and not (Path(folder) / INSTANCES_FILE).is_file():
+            yield f"data.{field}: {folder} has no {INSTANCES_FILE} (expected a COCO folder: images + {INSTANCES_FILE})"
+    if cfg.data.source == "coco":
+        return  # the number of classes comes from the folder: shapes are checked when it is read
+    from kdistill.detection.scenes import CLASSES
+
+    with torch.device("meta"):
+        teacher = build_detector(cfg.teacher.arch, len(CLASSES))
+        student = build_detector(cfg.student.arch, len(CLASSES))
+    if cfg.teacher.checkpoint is not None:
+        yield from _checked(
+            check_detector_checkpoint, cfg.teacher.checkpoint, teacher, cfg.teacher.arch, "teacher.checkpoint"
+        )
+    for a, arm in enumerate(cfg.arms):
+        for i, term in enumerate(arm.losses):
+            for j, path in enumerate(term.student_layers):
+                yield from _missing_module(
+                    f"arms.{a}.losses.{i}.student_layers.{j}", path, student, cfg.student.arch
+                )
+            for j, path in enumerate(term.teacher_layers):
+                yield from _missing_module(
+                    f"arms.{a}.losses.{i}.teacher_layers.{j}", path, teacher, cfg.teacher.arch
+                )
 
 
 # -- lm and encoder ----------------------------------------------------------------------------------------

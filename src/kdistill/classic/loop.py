@@ -47,8 +47,10 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """The shared schedule without warmup: cosine from lr to 0 over `steps`, or constant."""
-    return lr_scheduler(optimizer, total_steps=cfg.steps, warmup_steps=0, schedule=cfg.scheduler)
+    """The shared schedule: cosine from lr to 0 over `steps`, or constant, after `warmup_steps` of linear
+    warm-up where the config has them (the classifier task's has none)."""
+    warmup = getattr(cfg, "warmup_steps", 0)
+    return lr_scheduler(optimizer, total_steps=cfg.steps, warmup_steps=warmup, schedule=cfg.scheduler)
 
 
 def train(

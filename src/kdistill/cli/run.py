@@ -46,6 +46,7 @@ def run(
     from safetensors import SafetensorError
 
     from kdistill.classic.recipe import run as run_experiment
+    from kdistill.detection.config import DetectionRunConfig
     from kdistill.encoders.config import EncoderRunConfig
     from kdistill.evaluation import results_table
     from kdistill.generate.run import GenerationError
@@ -59,6 +60,8 @@ def run(
         from kdistill.lm.recipe import run_lm as run_experiment
     elif isinstance(cfg, EncoderRunConfig):
         from kdistill.encoders.recipe import run_encoder as run_experiment
+    elif isinstance(cfg, DetectionRunConfig):
+        from kdistill.detection.recipe import run_detection as run_experiment
     try:
         result = run_experiment(
             cfg, runs_dir=runs_dir, fresh=fresh, wait=wait, console=None if as_json else console

@@ -33,6 +33,7 @@ __all__ = [
     "assign_targets",
     "batched_nms",
     "centerness_target",
+    "flatten_levels",
     "fcos_loss",
     "giou_loss_ltrb",
     "level_points",
@@ -175,7 +176,7 @@ def giou_loss_ltrb(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - (iou - (enclosing - union) / enclosing.clamp_min(1e-7))
 
 
-def _flatten_levels(levels: list[Tensor]) -> Tensor:
+def flatten_levels(levels: list[Tensor]) -> Tensor:
     """Per level (B, C, H, W) -> (B, sum H*W, C), points in the order of `level_points`."""
     return torch.cat([level.flatten(2).transpose(1, 2) for level in levels], dim=1)
 
@@ -221,9 +222,9 @@ def fcos_loss(
     target_labels = torch.stack([a[0] for a in assigned])  # (B, P)
     target_ltrb = torch.stack([a[1] for a in assigned])  # (B, P, 4)
 
-    logits = _flatten_levels(output.cls_logits)  # (B, P, K)
-    ltrb = _flatten_levels(output.box_ltrb)  # (B, P, 4)
-    centerness = _flatten_levels(output.centerness)[..., 0]  # (B, P)
+    logits = flatten_levels(output.cls_logits)  # (B, P, K)
+    ltrb = flatten_levels(output.box_ltrb)  # (B, P, 4)
+    centerness = flatten_levels(output.centerness)[..., 0]  # (B, P)
     positive = target_labels >= 0
     num_positive = positive.sum().clamp_min(1)
 
