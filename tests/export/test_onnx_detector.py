@@ -34,3 +34,28 @@ def test_an_fcos_student_exports_with_every_level_and_onnxruntime_agrees(tmp_pat
     x = torch.rand(3, 3, 128, 128)  # another batch size than exported with
     check = check_onnx(model, path, x, rounds=1, repeats=1)
     assert check.within_tolerance and check.max_abs_diff <= PARITY_ATOL
+
+
+def test_time_alternating_takes_turns_and_discards_the_warm_up_round(monkeypatch) -> None:
+    import kdistill.export.onnx as onnx_module
+
+    clock = [0.0]
+    order: list[str] = []
+    first_call = {"a": True}
+
+    def call(key: str, cost_ms: float):
+        def run() -> None:
+            order.append(key)
+            # the first call of `a` is a slow warm-up (lazy initialisation): it must not count
+            clock[0] += (1000.0 if first_call.get(key) else cost_ms) / 1000
+            first_call[key] = False
+
+        return run
+
+    monkeypatch.setattr(onnx_module.time, "perf_counter", lambda: clock[0])
+    times = onnx_module.time_alternating({"a": call("a", 2.0), "b": call("b", 5.0)}, rounds=3, repeats=2)
+    assert times == {"a": pytest.approx(2.0), "b": pytest.approx(5.0)}
+    # round 0 a then b, round 1 reversed, round 2 as round 0, ...; each turn `repeats` calls
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b", "b", "b", "a", "a"]
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        onnx_module.time_alternating({"a": call("a", 1.0)}, rounds=0)

@@ -149,7 +149,11 @@ def test_train_on_answer_needs_answer_match():
         )
     with pytest.raises(ConfigError, match="white-box signals on verified answers are not supported yet"):
         parse_config(
-            {"task": "lm", "distill": {"signal": "cached"}, "verify": {"verifiers": [{"name": "answer_match"}]}}
+            {
+                "task": "lm",
+                "distill": {"signal": "cached"},
+                "verify": {"verifiers": [{"name": "answer_match"}]},
+            }
         )
     with pytest.raises(ConfigError, match="generation.samples > 1 needs"):
         parse_config({"task": "lm", "generation": {"samples": 4}})

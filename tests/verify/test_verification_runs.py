@@ -326,4 +326,6 @@ def test_kdistill_methods_lists_every_verifier():
     out = CliRunner().invoke(_cli(), ["methods", "--json"])
     assert out.exit_code == 0, out.output
     listed = [m["name"] for m in json.loads(out.stdout) if m["kind"] == "verifier"]
-    assert listed == VERIFIERS.names() and {"answer_match", "python_tests", "json_schema", "judge"} <= set(listed)
+    assert listed == VERIFIERS.names() and {"answer_match", "python_tests", "json_schema", "judge"} <= set(
+        listed
+    )

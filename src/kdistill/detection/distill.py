@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdistill.classic.loop import Batch
 from kdistill.classic.taps import FeatureTap
 from kdistill.detection.config import DetectionArm, DetectionLossTerm
-from kdistill.detection.fcos import flatten_levels, fcos_loss, giou_loss_ltrb
+from kdistill.detection.fcos import fcos_loss, flatten_levels, giou_loss_ltrb
 from kdistill.detection.models import FCOSDetector, FCOSOutput
 from kdistill.losses.detection import (
     GlobalContextBlock,

@@ -37,7 +37,7 @@ from kdistill.detection.metrics import Detections, GroundTruth, coco_map, teache
 from kdistill.detection.models import FCOSDetector, build_detector
 from kdistill.detection.scenes import make_scenes
 from kdistill.detection.transfer import teacher_labelled
-from kdistill.evaluation.metrics import count_parameters, latency_ms_per_sample, mean_std, size_on_disk_bytes
+from kdistill.evaluation.metrics import count_parameters, mean_std, size_on_disk_bytes
 from kdistill.runs.locations import default_cache_root
 from kdistill.runs.logger import RunLogger
 from kdistill.runs.markers import read_done
@@ -399,9 +399,8 @@ def evaluate_detection(
             "coco": scores,
         }
 
-    speed = {
-        "teacher": model_speed(teacher, cfg, run_dir / "export" / "teacher.onnx", size),
-    }
+    first = next(iter(students.values()))  # every arm's student has one architecture: timed once
+    speed = model_speeds({"teacher": teacher, "student": first}, cfg, run_dir / "export", size)
     teacher_quality = quality(teacher_found)
     models: list[dict[str, Any]] = [
         {
@@ -419,8 +418,7 @@ def evaluate_detection(
             **speed["teacher"],
         }
     ]
-    first = next(iter(students.values()))
-    student_speed = model_speed(first, cfg, run_dir / "export" / "student.onnx", size)
+    student_speed = speed["student"]
     history: list[dict[str, Any]] = []
     for arm in cfg.arms:
         per_seed = [quality(predict(students[(arm.name, seed)], images)) for seed in cfg.seeds]
@@ -446,35 +444,51 @@ def evaluate_detection(
     }
 
 
-def model_speed(
-    model: FCOSDetector, cfg: DetectionRunConfig, onnx_path: Path, size: tuple[int, int]
-) -> dict[str, Any]:
-    """Parameters, bytes and batch-1 latency per image: PyTorch, and onnxruntime on the exported model."""
-    model = model.float().cpu().eval()
-    example = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    record: dict[str, Any] = {"params": count_parameters(model), "size_bytes": size_on_disk_bytes(model)}
-    if not cfg.evaluation.onnx:
-        record["latency_ms"] = latency_ms_per_sample(model, example, repeats=cfg.evaluation.latency_rounds)
-        record["onnx_latency_ms"] = None
-        return record
-    from kdistill.export.onnx import check_onnx, export_onnx
+def model_speeds(
+    models: dict[str, FCOSDetector], cfg: DetectionRunConfig, export_dir: Path, size: tuple[int, int]
+) -> dict[str, dict[str, Any]]:
+    """Per model: parameters, bytes and latency per image at batch 1 in PyTorch and (exported to ONNX,
+    its outputs checked against PyTorch's) in onnxruntime. All models and runtimes are timed in turns
+    (`time_alternating`), so a busy moment of the machine falls on all of them alike."""
+    from kdistill.export.onnx import check_onnx, export_onnx, onnx_session, time_alternating
 
-    onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1)), onnx_path)
-    check = check_onnx(
-        model,
-        onnx_path,
-        torch.rand(4, 3, *size, generator=torch.Generator().manual_seed(2)),
-        repeats=cfg.evaluation.latency_rounds,
-    )
-    record |= {
-        "latency_ms": check.torch_ms,
-        "onnx_latency_ms": check.onnxruntime_ms,
-        "onnx_max_abs_diff": check.max_abs_diff,
-        "onnx_within_tolerance": check.within_tolerance,
-        "onnx_file": str(onnx_path),
+    models = {name: model.float().cpu().eval() for name, model in models.items()}
+    example = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    records: dict[str, dict[str, Any]] = {
+        name: {
+            "params": count_parameters(model),
+            "size_bytes": size_on_disk_bytes(model),
+            "onnx_latency_ms": None,
+        }
+        for name, model in models.items()
     }
-    return record
+    calls = {f"{name}/torch": (lambda m=model: m(example)) for name, model in models.items()}
+    if cfg.evaluation.onnx:
+        export_dir.mkdir(parents=True, exist_ok=True)
+        for name, model in models.items():
+            path = export_dir / f"{name}.onnx"
+            export_onnx(model, torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1)), path)
+            check = check_onnx(
+                model,
+                path,
+                torch.rand(4, 3, *size, generator=torch.Generator().manual_seed(2)),
+                rounds=1,
+                repeats=1,
+            )
+            records[name] |= {
+                "onnx_max_abs_diff": check.max_abs_diff,
+                "onnx_within_tolerance": check.within_tolerance,
+                "onnx_file": str(path),
+            }
+            session, x = onnx_session(path), example.numpy()
+            calls[f"{name}/onnx"] = lambda s=session, x=x: s.run(None, {s.get_inputs()[0].name: x})
+    with torch.inference_mode():
+        times = time_alternating(calls, rounds=5, repeats=cfg.evaluation.latency_rounds)
+    for name in models:
+        records[name]["latency_ms"] = times[f"{name}/torch"]
+        if cfg.evaluation.onnx:
+            records[name]["onnx_latency_ms"] = times[f"{name}/onnx"]
+    return records
 
 
 def summarise_detection(models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,15 @@ from torch import nn
 
 from kdistill.io import atomic_output
 
-__all__ = ["FlatOutputs", "OnnxCheck", "check_onnx", "export_onnx", "output_tensors"]
+__all__ = [
+    "FlatOutputs",
+    "OnnxCheck",
+    "check_onnx",
+    "export_onnx",
+    "onnx_session",
+    "output_tensors",
+    "time_alternating",
+]
 
 # onnxruntime and PyTorch sum in different orders: float32 outputs of the zoo's students agree to ~1e-6
 PARITY_ATOL = 1e-4
@@ -100,6 +108,35 @@ def quiet_exporter() -> Iterator[None]:
         exporter_log.setLevel(level)
 
 
+def time_alternating(
+    calls: dict[str, Callable[[], Any]], *, rounds: int = 5, repeats: int = 50
+) -> dict[str, float]:
+    """Median ms per call of each of `calls`, timed in turns: `rounds` rounds of `repeats` calls of each, the
+    order reversed every other round so none always runs right after another, and a first round discarded
+    as warm-up (thread pools, caches, lazy initialisation)."""
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"need rounds >= 1 and repeats >= 1, got rounds={rounds}, repeats={repeats}")
+    measured: dict[str, list[float]] = {key: [] for key in calls}
+    order = list(calls.items())
+    for r in range(rounds + 1):
+        for key, call in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            for _ in range(repeats):
+                call()
+            if r > 0:  # round 0 warms everything up
+                measured[key].append((time.perf_counter() - start) * 1000 / repeats)
+    return {key: statistics.median(values) for key, values in measured.items()}
+
+
+def onnx_session(path: str | os.PathLike[str]) -> Any:
+    """An onnxruntime CPU session on `path` with as many threads as torch uses (like for like)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 @dataclass(frozen=True)
 class OnnxCheck:
     """onnxruntime against PyTorch on the same inputs: the largest difference and batch-1 latency."""
@@ -121,11 +158,7 @@ def check_onnx(
 ) -> OnnxCheck:
     """Outputs of `path` in onnxruntime vs `model` on `inputs` (any batch), then both timed at batch 1:
     `rounds` rounds of `repeats` calls each, the two alternating, the first round discarded as warm-up."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as the PyTorch side
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     name = session.get_inputs()[0].name
     model = model.eval().float().cpu()
     x = inputs.float().cpu()
@@ -142,19 +175,10 @@ def check_onnx(
 
     one = x[:1]
     one_np = one.numpy()
-
-    def timed(call) -> float:
-        start = time.perf_counter()
-        for _ in range(repeats):
-            call()
-        return (time.perf_counter() - start) * 1000 / repeats
-
-    torch_ms, ort_ms = [], []
     with torch.inference_mode():
-        for r in range(rounds + 1):
-            arms = [("torch", lambda: model(one)), ("ort", lambda: session.run(None, {name: one_np}))]
-            for arm, call in arms if r % 2 == 0 else arms[::-1]:
-                ms = timed(call)
-                if r > 0:  # round 0 warms both up
-                    (torch_ms if arm == "torch" else ort_ms).append(ms)
-    return OnnxCheck(diff, within, statistics.median(torch_ms), statistics.median(ort_ms), rounds)
+        times = time_alternating(
+            {"torch": lambda: model(one), "ort": lambda: session.run(None, {name: one_np})},
+            rounds=rounds,
+            repeats=repeats,
+        )
+    return OnnxCheck(diff, within, times["torch"], times["ort"], rounds)

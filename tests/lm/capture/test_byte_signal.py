@@ -138,7 +138,9 @@ def test_each_layout_is_read_by_its_own_reader(teacher, tokenizer, gens_dir, tmp
     writer.open()
     writer.add(
         "a",
-        SignalRows(torch.tensor([[0, 1]] * 3, dtype=torch.int32), torch.zeros(3, 2), torch.ones(3, dtype=torch.bool)),
+        SignalRows(
+            torch.tensor([[0, 1]] * 3, dtype=torch.int32), torch.zeros(3, 2), torch.ones(3, dtype=torch.bool)
+        ),
     )
     writer.close(complete=True)
     with pytest.raises(TeacherSignalError, match="--cross-tokenizer"):
