@@ -63,7 +63,10 @@ def export_command(
         check = check_onnx(saved.model, onnx, example_inputs(saved, check_batch, seed=1))
     size_kb = onnx.stat().st_size / 1024
     console.print(
-        f"wrote {onnx} ({size_kb:.1f} kB): {saved.arch} student of job {saved.job}", highlight=False
+        f"wrote {onnx} ({size_kb:.1f} kB): {saved.arch} student of job {saved.job}",
+        highlight=False,
+        soft_wrap=True,  # a path is never cut across lines, whatever the terminal's width
+        markup=False,
     )
     _report(check, f"{check_batch} inputs")
 
@@ -98,6 +101,8 @@ def _export_detector(student: Path, onnx: Path, peer: int, check_batch: int) -> 
         f"wrote {onnx} ({size_kb:.1f} kB): {saved.arch} student of job {saved.job} "
         f"({height}x{width} images, {saved.num_classes} classes)",
         highlight=False,
+        soft_wrap=True,
+        markup=False,
     )
     _report(check, f"{check_batch} images, {outputs} outputs")
 
@@ -111,6 +116,7 @@ def _report(check: OnnxCheck, compared: str) -> None:
         f"onnxruntime vs PyTorch on {compared}: max |diff| {check.max_abs_diff:.2e} ({verdict} within "
         f"atol {PARITY_ATOL:g} + rtol {PARITY_RTOL:g}); batch 1, 1 thread: PyTorch {check.torch_ms:.3f} ms, "
         f"onnxruntime {check.onnxruntime_ms:.3f} ms (median of {check.rounds} rounds)",
+        soft_wrap=True,
         highlight=False,
     )
     if not check.within_tolerance:
