@@ -275,3 +275,22 @@ def test_a_batch_without_labelled_images_has_no_detection_loss_unless_pseudo_lab
 
     assert det_loss(False) == 0.0
     assert det_loss(True) > 0.0
+
+
+def test_a_detection_run_logs_each_jobs_terms_to_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kdistill.runs.trackers import TENSORBOARD_DIR
+
+    cfg = parse_config(tiny(arms=[ARMS[0], ARMS[2]], report_to=["tensorboard"]))
+    result = run_detection(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
+    events = EventAccumulator(str(result.run_dir / TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    history = {(h["model"], h["step"]): h for h in result.metrics["history"]}
+    # the same numbers as metrics.json's history (float32 in TensorBoard), at the same steps
+    assert [s for s, _ in scalars["pkd-s0/terms/pkd"]] == [2, 4]
+    for step, value in scalars["pkd-s0/terms/pkd"]:
+        assert value == pytest.approx(history[("pkd", step)]["terms"]["pkd"], rel=1e-6)
+    assert {s for s, _ in scalars["scratch-s0/terms/det"]} == {2, 4}
+    assert "teacher/loss" in scalars  # the teacher's own training, trained in this run
