@@ -294,3 +294,22 @@ def test_a_detection_run_logs_each_jobs_terms_to_tensorboard(tmp_path: Path) -> 
         assert value == pytest.approx(history[("pkd", step)]["terms"]["pkd"], rel=1e-6)
     assert {s for s, _ in scalars["scratch-s0/terms/det"]} == {2, 4}
     assert "teacher/loss" in scalars  # the teacher's own training, trained in this run
+
+
+def test_kdistill_methods_lists_every_detection_term_the_config_accepts() -> None:
+    from typer.testing import CliRunner
+
+    from kdistill.cli import app
+    from kdistill.detection.config import DetectionLossTerm
+
+    rows = json.loads(CliRunner().invoke(app, ["methods", "--json"]).output)
+    listed = {r["name"] for r in rows if r["kind"] == "detection loss"}
+    assert listed == {"response", "pkd", "imitation", "fgd", "ld"}
+    accepted = set()
+    for name in listed:
+        try:
+            DetectionLossTerm(name=name)
+            accepted.add(name)
+        except ValueError:
+            pass
+    assert accepted == listed - {"ld"}  # listed to say why it is refused

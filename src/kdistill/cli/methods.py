@@ -1,4 +1,5 @@
-"""`kdistill methods`: every loss, method, divergence, embedding loss and verifier a config can name."""
+"""`kdistill methods`: every loss, method, divergence, embedding loss, detection loss and verifier a config
+can name."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ def methods(as_json: Annotated[bool, typer.Option("--json", help="machine-readab
     rows += [
         ("embedding loss", n, "text embedding (task: encoder)", (fn.__doc__ or "").strip().splitlines()[0])
         for n, fn in sorted(EMBEDDING_LOSSES.items())
+    ]
+    from kdistill.detection.config import LOSS_PARAMS, LOSS_SUMMARIES
+
+    rows += [
+        (
+            "detection loss",
+            n,
+            "detection (task: detection)"
+            + (f"; params {', '.join(sorted(LOSS_PARAMS[n]))}" if LOSS_PARAMS[n] else ""),
+            LOSS_SUMMARIES[n],
+        )
+        for n in sorted(LOSS_SUMMARIES)
     ]
     from kdistill.verify.registry import VERIFIERS
 

@@ -126,6 +126,16 @@ LOSS_PARAMS: dict[str, frozenset[str]] = {
 }
 
 
+# name -> what it distils, for `kdistill methods`
+LOSS_SUMMARIES: dict[str, str] = {
+    "response": "dense-head classification KD (binary KL per class and position) + teacher-box GIoU",
+    "pkd": "Pearson-correlation feature distillation on FPN levels (Cao et al. 2022)",
+    "imitation": "fine-grained feature imitation near objects (Wang et al. 2019)",
+    "fgd": "focal and global feature distillation (Yang et al. 2022)",
+    "ld": "box-edge distribution distillation (Zheng et al. 2022); not for FCOS, which has no distributions",
+}
+
+
 class DetectionLossTerm(Strict):
     name: DetectionLossName = Field(
         description="response (dense-head KD), pkd, imitation (fine-grained), fgd, ld (box-edge distributions)"
