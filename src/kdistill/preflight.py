@@ -181,30 +181,27 @@ def _detection_problems(cfg: Any) -> Iterator[str]:
 # -- lm and encoder ----------------------------------------------------------------------------------------
 
 
-def _local_model(field: str, ref: str) -> Path | None:
-    """The local folder a model reference names (None: a hub id); FileNotFoundError naming `field`."""
-    from kdistill.runs.locations import resolve_model_ref
+def _local_model(field: str, ref: str, gguf_file: str | None = None) -> tuple[Path | None, str | None]:
+    """The local folder a model reference names (None: a hub id) and its GGUF file (given, or the one GGUF a
+    folder without config.json holds); FileNotFoundError naming `field`."""
+    from kdistill.runs.locations import resolve_model
 
     try:
-        resolved = resolve_model_ref(ref)
-    except FileNotFoundError as err:  # its message names teacher.model, the reference it was written for
-        raise FileNotFoundError(str(err).replace("teacher.model", field, 1)) from None
-    path = Path(resolved)
-    return path if path.exists() else None
+        resolved = resolve_model(ref, gguf_file=gguf_file, field=field)
+    except ValueError as err:  # a reference that contradicts itself (empty, a bare pkg:, two GGUF names)
+        raise FileNotFoundError(str(err)) from None
+    path = Path(resolved.path)
+    return (path if path.exists() else None), resolved.gguf_file
 
 
 def _model_folder_problems(field: str, ref: str, gguf_file: str | None = None) -> Iterator[str]:
     try:
-        folder = _local_model(field, ref)
+        folder, gguf = _local_model(field, ref, gguf_file)
     except FileNotFoundError as err:
         yield str(err)
         return
-    if folder is None:
-        return
-    if gguf_file is not None:
-        if not (folder / gguf_file).is_file():
-            yield f"{field.rsplit('.', 1)[0]}.gguf_file: no file {gguf_file!r} in {folder}"
-        return  # GGUF weights are not a pickle
+    if folder is None or gguf is not None:
+        return  # a hub id, or GGUF weights (not a pickle; the resolver checked the file is there)
     if not folder.is_dir():
         yield f"{field}: {folder} is a file; expected a model folder (config.json and weights) or a hub id"
         return
@@ -231,7 +228,7 @@ def _lm_problems(cfg: Any) -> Iterator[str]:
 
 def _encoder_problems(cfg: Any) -> Iterator[str]:
     try:
-        folder = _local_model("teacher.model", cfg.teacher.model)
+        folder, _ = _local_model("teacher.model", cfg.teacher.model)
     except FileNotFoundError as err:
         yield str(err)
         folder = None

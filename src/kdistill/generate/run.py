@@ -234,13 +234,12 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
 
 def _template_tokenizer(ref: str) -> Any:
     """The tokenizer `teacher.render_with` names (directory, hub id or pkg:<name>), with a chat template."""
-    from kdistill.lm.models import load_tokenizer
-    from kdistill.runs.locations import resolve_model_ref
+    from kdistill.lm.models import load_tokenizer_ref
 
     try:
-        tokenizer = load_tokenizer(resolve_model_ref(ref))
-    except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
-        raise GenerationError(f"teacher.render_with {ref!r}: cannot load a tokenizer ({err})") from None
+        tokenizer = load_tokenizer_ref(ref, field="teacher.render_with")
+    except (OSError, ValueError) as err:  # FileNotFoundError is an OSError; each names the field
+        raise GenerationError(str(err)) from None
     if tokenizer.chat_template is None:
         raise GenerationError(
             f"teacher.render_with {ref!r}: the tokenizer has no chat template to render with"

@@ -275,14 +275,18 @@ def _run_capture(cfg: CaptureConfig, *, progress: Any = None):
     )
     from kdistill.lm.models import load_tokenizer
     from kdistill.lm.tokenizers import assert_same_tokenizer, tokenizer_fingerprint
-    from kdistill.runs.locations import resolve_model_ref
+    from kdistill.runs.locations import resolve_model, resolve_model_ref
 
+    ref = resolve_model(cfg.teacher.model, gguf_file=cfg.teacher.gguf_file, field="teacher.model")
+    if ref.gguf_file != cfg.teacher.gguf_file:  # found in the folder: every later step uses it
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"gguf_file": ref.gguf_file})})
     t = cfg.teacher
-    model_dir = resolve_model_ref(t.model)
+    model_dir = ref.path
     tokenizer = load_tokenizer(model_dir, gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code)
     if cfg.student_tokenizer is not None:
         student = load_tokenizer(
-            resolve_model_ref(cfg.student_tokenizer), trust_remote_code=t.trust_remote_code
+            resolve_model_ref(cfg.student_tokenizer, field="student_tokenizer"),
+            trust_remote_code=t.trust_remote_code,
         )
         assert_same_tokenizer(tokenizer, student)
     info = {"config": cfg.model_dump(mode="json")}

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from kdistill.evaluation.metrics import count_parameters, size_on_disk_bytes
+from kdistill.runs.locations import ModelRef, gguf_files, resolve_model
 from kdistill.weight_files import refuse_pickle_weights
 
 __all__ = [
@@ -33,7 +34,9 @@ __all__ = [
     "directory_size_bytes",
     "is_saveable",
     "load_causal_lm",
+    "load_causal_lm_ref",
     "load_tokenizer",
+    "load_tokenizer_ref",
     "model_from_config",
     "rebuild",
     "size_on_disk_bytes",
@@ -89,6 +92,67 @@ def load_causal_lm(
     if saveable and not is_saveable(model):
         model = rebuild(model)
     return model.eval()
+
+
+def load_tokenizer_ref(
+    ref: str, *, gguf_file: str | None = None, field: str = "model", trust_remote_code: bool = False
+) -> PreTrainedTokenizerBase:
+    """`load_tokenizer` for any model reference `resolve_model` reads (folder, hub id, .gguf file, pkg:).
+
+    A failure is one ValueError naming `field`, the reference, what was tried and the first line of
+    transformers' message (on its own that can be a bare "Couldn't instantiate the backend tokenizer").
+    """
+    resolved = resolve_model(ref, gguf_file=gguf_file, field=field)
+    try:
+        return load_tokenizer(
+            resolved.path, gguf_file=resolved.gguf_file, trust_remote_code=trust_remote_code
+        )
+    except _LOAD_ERRORS as err:
+        raise ValueError(
+            f"{field} {ref!r}: cannot load a tokenizer from {_tried(resolved)}: {_first_line(err)}"
+        ) from err
+
+
+def load_causal_lm_ref(
+    ref: str,
+    *,
+    gguf_file: str | None = None,
+    field: str = "model",
+    dtype: torch.dtype | str | None = torch.float32,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """`load_causal_lm` (saveable, eval mode, CPU) for any model reference `resolve_model` reads; a failure
+    is one ValueError naming `field`, the reference, what was tried and the first line of the cause."""
+    resolved = resolve_model(ref, gguf_file=gguf_file, field=field)
+    try:
+        return load_causal_lm(
+            resolved.path, gguf_file=resolved.gguf_file, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except _LOAD_ERRORS as err:
+        raise ValueError(
+            f"{field} {ref!r}: cannot load a causal LM from {_tried(resolved)}: {_first_line(err)}"
+        ) from err
+
+
+# what transformers and gguf raise for a folder, hub id or GGUF file they cannot read (KeyError: metadata)
+_LOAD_ERRORS = (OSError, ValueError, KeyError)
+
+
+def _tried(model: ModelRef) -> str:
+    """`folder /x, gguf file m.gguf`: what a load looked at, with the likely fix for a folder of GGUFs."""
+    folder = Path(model.path)
+    tried = f"folder {folder}" if folder.is_dir() else f"hub id {model.path}"
+    if model.gguf_file is not None:
+        return f"{tried}, gguf file {model.gguf_file}"
+    if folder.is_dir() and not (folder / "config.json").exists() and len(ggufs := gguf_files(folder)) > 1:
+        return f"{tried} (no config.json; it holds {len(ggufs)} .gguf files: name one with gguf_file)"
+    return tried
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    line = lines[0].strip().rstrip(":") if lines else ""  # "... from one of:" announces lines we drop
+    return f"{type(err).__name__} {line}".strip() if isinstance(err, KeyError) or not line else line
 
 
 def is_saveable(model: PreTrainedModel) -> bool:

@@ -38,7 +38,13 @@ from kdistill.io import atomic_write_text
 from kdistill.lm.config import LMRunConfig, LMTeacherConfig
 from kdistill.runs.checkpoint import discard_checkpoints
 from kdistill.runs.clock import TrainClock
-from kdistill.runs.locations import default_cache_root, resolve_model_ref, resolve_prompts
+from kdistill.runs.locations import (
+    ModelRef,
+    default_cache_root,
+    resolve_model,
+    resolve_model_ref,
+    resolve_prompts,
+)
 from kdistill.runs.logger import RunLogger
 from kdistill.runs.markers import cached_json, mark_done, read_done
 from kdistill.runs.run_dir import (
@@ -225,10 +231,13 @@ def check_student_tokenizer(cfg: LMRunConfig) -> None:
     if cfg.distill.signal == "none" or cfg.distill.cross_tokenizer is not None:
         return
     t = cfg.teacher
-    teacher_tok = load_tokenizer(
-        resolve_model_ref(t.model), gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code
+    ref = teacher_model_ref(t)
+    teacher_tok = load_tokenizer(ref.path, gguf_file=ref.gguf_file, trust_remote_code=t.trust_remote_code)
+    student_ref = (
+        resolve_model_ref(cfg.student.tokenizer, field="student.tokenizer")
+        if cfg.student.tokenizer
+        else cfg.student.model
     )
-    student_ref = resolve_model_ref(cfg.student.tokenizer) if cfg.student.tokenizer else cfg.student.model
     try:
         assert_same_tokenizer(teacher_tok, load_tokenizer(student_ref, trust_remote_code=t.trust_remote_code))
     except ValueError as err:
@@ -354,7 +363,9 @@ def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
                     "model": e.model,
                     "api_key_env": e.api_key_env,
                     "timeout_s": e.timeout_s,
-                    "render_with": resolve_model_ref(e.render_with) if e.render_with else None,
+                    "render_with": resolve_model_ref(e.render_with, field="teacher.render_with")
+                    if e.render_with
+                    else None,
                 },
                 "sampling": sampling | {"top_logprobs": e.top_logprobs},
                 "allow_length": cfg.generation.allow_length,
@@ -367,8 +378,8 @@ def generation_config(cfg: LMRunConfig, prompts: Path, out: Path) -> Any:
             "out": str(out),
             "teacher": {
                 "kind": "hf_local",
-                "model": resolve_model_ref(cfg.teacher.model),
-                "gguf_file": cfg.teacher.gguf_file,
+                "model": teacher_model_ref(cfg.teacher).path,
+                "gguf_file": teacher_model_ref(cfg.teacher).gguf_file,
                 "batch_size": cfg.generation.batch_size,
                 "trust_remote_code": cfg.teacher.trust_remote_code,
                 "dtype": "float32",
@@ -400,12 +411,18 @@ def split_rows(rows: list[dict[str, Any]], held_out: int, seed: int) -> tuple[li
 def load_teacher(t: LMTeacherConfig) -> Teacher:
     from kdistill.lm.models import load_causal_lm, load_tokenizer
 
-    path = resolve_model_ref(t.model)
-    tokenizer = load_tokenizer(path, gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code)
+    ref = teacher_model_ref(t)
+    tokenizer = load_tokenizer(ref.path, gguf_file=ref.gguf_file, trust_remote_code=t.trust_remote_code)
     model = load_causal_lm(
-        path, gguf_file=t.gguf_file, trust_remote_code=t.trust_remote_code, dtype=torch.float32
+        ref.path, gguf_file=ref.gguf_file, trust_remote_code=t.trust_remote_code, dtype=torch.float32
     )
-    return Teacher(model, tokenizer, path)
+    return Teacher(model, tokenizer, ref.path)
+
+
+def teacher_model_ref(t: LMTeacherConfig) -> ModelRef:
+    """The teacher's folder (or hub id) and GGUF file: `model` may be a folder, a hub id, a .gguf file or
+    pkg:<package>[/<path>], and a folder holding one GGUF and no config.json means that GGUF."""
+    return resolve_model(t.model, gguf_file=t.gguf_file, field="teacher.model")
 
 
 def choose_student_tokenizer(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]) -> None:
@@ -439,7 +456,9 @@ def choose_student_tokenizer(run: LMRun, teacher: Teacher, train_rows: list[dict
         run.procs.wait_for_everyone()
         tokenizer = load_tokenizer(saved)
     elif s.tokenizer is not None:
-        tokenizer = load_tokenizer(resolve_model_ref(s.tokenizer), trust_remote_code=trust)
+        tokenizer = load_tokenizer(
+            resolve_model_ref(s.tokenizer, field="student.tokenizer"), trust_remote_code=trust
+        )
     elif s.init == "pretrained":
         tokenizer = load_tokenizer(s.model, trust_remote_code=trust)
     else:
@@ -623,7 +642,10 @@ def capture_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]
     cfg = run.cfg
     key_inputs = {
         "teacher": teacher_identity(
-            cfg.teacher.model, gguf_file=cfg.teacher.gguf_file, model_dir=teacher.path, dtype="float32"
+            cfg.teacher.model,
+            gguf_file=teacher_model_ref(cfg.teacher).gguf_file,
+            model_dir=teacher.path,
+            dtype="float32",
         ),
         "tokenizer": tokenizer_fingerprint(teacher.tokenizer),
     }
