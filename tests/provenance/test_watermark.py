@@ -19,6 +19,7 @@ import torch
 
 from kdistill.provenance.watermark import (
     GreenListWatermark,
+    NothingToScoreError,
     WatermarkKeyError,
     context_seed,
     detect_watermark,
@@ -116,7 +117,9 @@ def test_repeated_pairs_are_scored_once_and_p_is_the_exact_binomial_tail():
     assert (pooled.scored, pooled.details["green"], positions) == (n, green, 5 * 59)
     assert pooled.p_value == pytest.approx(binom.sf(green - 1, n, 0.25), rel=1e-9)
     assert pooled.statistic == pytest.approx((green - 0.25 * n) / np.sqrt(n * 0.25 * 0.75))
-    assert detect_watermark([], KEY).p_value == 1.0
+    for nothing in ([], [[], [7]], [5]):  # no pair to score: no test, not "z = 0, p = 1"
+        with pytest.raises(NothingToScoreError, match="no \\(context, token\\) pair to score"):
+            detect_watermark(nothing, KEY)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         detect_watermark([1, 2, 700], KEY, vocab_size=512)
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from kdistill.cli.output import console, fail
+from kdistill.cli.output import console, err_console, fail
 
 provenance_app = typer.Typer(
     help="Provenance tests with calibrated p-values: is a text watermarked, did a model learn from "
@@ -40,28 +41,77 @@ def _key(env: str) -> bytes:
         raise fail(str(err), f"export {env}=... (the key the watermark was made with)") from None
 
 
-def _tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
+def _tokenizer(ref: str, field: str = "--tokenizer") -> Any:
+    """The tokenizer of any model reference (a folder, a hub id, a .gguf file, pkg:<package>[/<path>]), or a
+    one-line user error naming the option."""
+    from kdistill.lm.models import load_tokenizer_ref
 
     try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise fail(f"{path}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+        return load_tokenizer_ref(ref, field=field)
+    except (OSError, ValueError) as err:  # FileNotFoundError is an OSError
+        raise fail(str(err).splitlines()[0]) from None
+
+
+def _labelled_texts(source: Path) -> list[tuple[str, str]]:
+    """(label, text) for each non-blank text of SOURCE; none at all is a user error that says why.
+
+    SOURCE: a generation output directory (its completions), another directory (its *.txt files, one text
+    each), a .jsonl file (one {"text": ...} per line) or any other file (one text).
+    """
+    from kdistill.generate.store import MANIFEST, GenerationStoreError, load_generations_table
+
+    if source.is_dir() and (source / MANIFEST).exists():
+        try:
+            table = load_generations_table(source)
+        except GenerationStoreError as err:
+            raise fail(str(err)) from None
+        columns = [table.column(c).to_pylist() for c in ("prompt_id", "sample_index", "completion")]
+        found = [(f"prompt {p} sample {i}", t or "") for p, i, t in zip(*columns, strict=True)]
+        what = f"all {len(found)} completions are blank" if found else "it holds no completions"
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*.txt") if p.is_file())
+        found = [(str(p.relative_to(source)), _read(p)) for p in files]
+        what = (
+            f"all {len(found)} .txt files are blank"
+            if found
+            else f"not a generation output directory (no {MANIFEST}) and no .txt files in it"
+        )
+    elif source.suffix == ".jsonl":
+        found = _jsonl_texts(source)
+        what = f"all {len(found)} texts are blank" if found else "the file holds no lines"
+    else:
+        found = [(str(source), _read(source))]
+        what = "the file is empty" if not found[0][1] else "the file is blank"
+    texts = [(label, text) for label, text in found if text.strip()]
+    if not texts:
+        raise fail(f"{source}: no test possible: {what}")
+    return texts
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise fail(f"{path}: cannot read ({err})") from None
+
+
+def _jsonl_texts(path: Path) -> list[tuple[str, str]]:
+    texts = []
+    for number, line in enumerate(_read(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise fail(f"{path}: line {number}: invalid JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise fail(f'{path}: line {number}: expected an object with a "text" string')
+        texts.append((f"line {number}", row["text"]))
+    return texts
 
 
 def _texts(source: Path) -> list[str]:
-    """The completions of a generation output directory, or the whole of a text file as one text."""
-    from kdistill.generate.store import GenerationStoreError, load_generations_table
-
-    if source.is_dir():
-        try:
-            return [t for t in load_generations_table(source).column("completion").to_pylist() if t]
-        except GenerationStoreError as err:
-            raise fail(str(err)) from None
-    try:
-        return [source.read_text()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise fail(f"{source}: cannot read ({err})") from None
+    return [text for _, text in _labelled_texts(source)]
 
 
 def _print(reports: dict[str, Any], as_json: bool) -> None:
@@ -74,51 +124,142 @@ def _print(reports: dict[str, Any], as_json: bool) -> None:
             console.print(report.summary(), soft_wrap=True, highlight=False, markup=False)
 
 
-SourceArg = Annotated[
-    Path,
-    typer.Argument(help="a generation output directory (its completions) or a text file", show_default=False),
-]
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+TEXTS_HELP = (
+    "a generation output directory (its completions), a directory of .txt files (one text each), "
+    'a .jsonl file (one {"text": ...} per line) or a text file (one text)'
+)
+SourceArg = Annotated[Path, typer.Argument(help=TEXTS_HELP, show_default=False)]
 
 
 @provenance_app.command("detect")
 def detect_command(
     source: SourceArg,
     tokenizer: Annotated[
-        str, typer.Option(help="the watermarking model's tokenizer (a model directory or hub id)")
+        str,
+        typer.Option(
+            help="the watermarking model's tokenizer (a model folder, hub id, .gguf file or pkg:<package>/<path>)"
+        ),
     ],
     key_env: KeyEnvOpt = "KDISTILL_WATERMARK_KEY",
     gamma: GammaOpt = 0.25,
     context_width: WidthOpt = 1,
+    per_text: Annotated[
+        bool,
+        typer.Option(
+            "--per-text", help="test each text on its own (default: all texts pooled into one test)"
+        ),
+    ] = False,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help="human-written reference texts (same forms as SOURCE): adds each text's empirical p-value, "
+            "its z ranked among theirs under the same key; implies --per-text",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="level you will judge at; with --reference, notes when too few references")
+    ] = 0.05,
     as_json: JsonOpt = False,
 ) -> None:
-    """Test whether text carries the green-list watermark of a key (all texts of SOURCE pooled).
+    """Test whether text carries the green-list watermark of a key (all texts of SOURCE pooled, or each alone).
+
+    Pooling (the default) counts every distinct (context, token) pair once and is the recommended test.
+    --per-text tests each text alone; under one fixed key those verdicts are correlated across texts
+    (common word pairs share their green bits), so give --reference with human texts to calibrate them.
 
     Examples:
 
       KDISTILL_WATERMARK_KEY=... kdistill provenance detect gens/ --tokenizer ./teacher
 
       kdistill provenance detect answer.txt --tokenizer ./teacher --key-env MY_KEY --json
+
+      kdistill provenance detect suspects/ --tokenizer ./teacher --reference human-texts/
     """
-    from kdistill.provenance.watermark import detect_watermark
+    from kdistill.provenance.watermark import NothingToScoreError, detect_watermark
 
     key = _key(key_env)
     tok = _tokenizer(tokenizer)
-    texts = _texts(source)
-    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
-    report = detect_watermark(ids, key, gamma=gamma, context_width=context_width, vocab_size=len(tok))
-    _print({"watermark": report}, as_json)
+    labels, texts = zip(*_labelled_texts(source), strict=True)
+    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+    if reference is None and not per_text:
+        try:
+            report = detect_watermark(ids, key, gamma=gamma, context_width=context_width, vocab_size=len(tok))
+        except NothingToScoreError as err:
+            raise fail(f"{source}: no test possible: {err}") from None
+        _print({"watermark": report}, as_json)
+        return
+
+    test = _per_text_test(key, tok, reference, gamma=gamma, context_width=context_width, alpha=alpha)
+    reports, unscored = [], []
+    for label, seq in zip(labels, ids, strict=True):
+        try:
+            reports.append((label, test(seq)))
+        except NothingToScoreError:
+            unscored.append(label)
+    if not reports:
+        raise fail(
+            f"{source}: no test possible: none of its {len(unscored)} texts is longer than the context width "
+            f"({context_width} token(s)), so no (context, token) pair can be scored"
+        )
+    if unscored:
+        shown = ", ".join(unscored[:5]) + (", ..." if len(unscored) > 5 else "")
+        _warn(f"{len(unscored)} of {len(labels)} texts too short to score a pair were left out: {shown}")
+    if reference is None and not as_json:
+        err_console.print(
+            "[dim]note: per-text p-values under one key are correlated across texts and hold over random "
+            "keys, not for this key; --reference calibrates them (docs/provenance.md)[/]",
+            soft_wrap=True,
+        )
+    if as_json:
+        rows = [{"text": label, "report": report.to_dict()} for label, report in reports]
+        typer.echo(json.dumps({"per_text": rows, "unscored": unscored}, indent=2))
+        return
+    for label, report in reports:
+        console.print(f"{label}: {report.summary()}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _per_text_test(
+    key: bytes, tok: Any, reference: Path | None, *, gamma: float, context_width: int, alpha: float
+) -> Any:
+    """The test applied to each text's ids: plain `detect_watermark`, or calibrated on `reference` texts."""
+    from kdistill.provenance.calibration import calibrated_detection, reference_null
+    from kdistill.provenance.watermark import NothingToScoreError, detect_watermark
+
+    if not 0.0 < alpha < 1.0:
+        raise fail(f"--alpha must be in (0, 1), got {alpha}")
+    if reference is None:
+        return lambda ids: detect_watermark(
+            ids, key, gamma=gamma, context_width=context_width, vocab_size=len(tok)
+        )
+    texts = [text for _, text in _labelled_texts(reference)]
+    try:
+        null = reference_null(
+            tok(texts, add_special_tokens=False)["input_ids"], key, gamma=gamma, context_width=context_width
+        )
+    except NothingToScoreError as err:
+        raise fail(f"{reference}: no test possible: {err}") from None
+    if null.skipped:
+        _warn(f"{reference}: {null.skipped} reference texts with fewer than {null.min_scored} pairs left out")
+    return lambda ids: calibrated_detection(ids, key, null, alpha=alpha, vocab_size=len(tok))
 
 
 @provenance_app.command("radioactivity")
 def radioactivity_command(
     suspect: Annotated[
-        str, typer.Argument(help="the suspect model (a directory or hub id)", show_default=False)
+        str,
+        typer.Argument(
+            help="the suspect model (a folder, hub id, .gguf file or pkg:<package>/<path>)",
+            show_default=False,
+        ),
     ],
     texts: Annotated[
         Path,
-        typer.Option(
-            help="texts to feed it: a generation output directory (ideally watermarked) or a text file"
-        ),
+        typer.Option(help=f"texts to feed it (ideally watermarked): {TEXTS_HELP}"),
     ],
     tokenizer: Annotated[
         str | None, typer.Option(help="tokenizer (default: the suspect's; must be the watermarking model's)")
@@ -144,18 +285,26 @@ def radioactivity_command(
     Example: KDISTILL_WATERMARK_KEY=... kdistill provenance radioactivity ./student --texts gens/ --json
     """
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from kdistill.lm.models import load_causal_lm_ref
     from kdistill.provenance.radioactivity import radioactivity_test
 
     key = _key(key_env)
-    tok = _tokenizer(tokenizer or suspect)
+    tok = _tokenizer(tokenizer or suspect, "--tokenizer" if tokenizer else "SUSPECT")
     docs = _texts(texts)[:max_texts]
-    ids = tok(docs, add_special_tokens=False)["input_ids"] if docs else []
+    if not docs:
+        raise fail(f"{texts}: no test possible: --max-texts {max_texts} leaves no text")
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    # a position is scored once the suspect has read a full window: a text needs context_width tokens
+    if not any(len(x[:max_length]) >= context_width for x in ids):
+        raise fail(
+            f"{texts}: no test possible: none of its {len(ids)} texts has context_width = {context_width} "
+            f"token(s) within --max-length {max_length}, so the suspect predicts after no full window"
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(suspect)
+        model = load_causal_lm_ref(suspect, field="SUSPECT", dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise fail(f"{suspect}: cannot load the model ({str(err).splitlines()[0]})") from None
+        raise fail(str(err).splitlines()[0]) from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
@@ -191,7 +340,11 @@ def compare_command(
     Example: kdistill provenance compare gens-api/ gens-local/ --tokenizer ./model --length 50
     """
     from kdistill.generate.store import GenerationStoreError
-    from kdistill.provenance.model_equality import mmd_hamming_test, read_generation_samples
+    from kdistill.provenance.model_equality import (
+        UntestableComparisonError,
+        mmd_hamming_test,
+        read_generation_samples,
+    )
 
     tok = _tokenizer(tokenizer)
     try:
@@ -206,8 +359,23 @@ def compare_command(
             permutations=permutations,
             seed=seed,
         )
+    except UntestableComparisonError as err:
+        hint = "at least 2 samples from each source"
+        if by_prompt and len(x) >= 2 and len(y) >= 2:  # enough samples, but not per prompt
+            hint = (
+                "compare with --pooled, or generate at least 2 samples per prompt from each source "
+                "(sampling.samples: 2)"
+            )
+        raise fail(f"no test possible: {err}", hint) from None
     except (GenerationStoreError, ValueError) as err:
         raise fail(str(err)) from None
+    if report.details["prompts_dropped"]:
+        d = report.details
+        _warn(
+            f"{d['prompts_dropped']} of {d['prompts'] + d['prompts_dropped']} prompts dropped "
+            f"({d['samples_dropped_x']} + {d['samples_dropped_y']} samples): answered by one source only, or "
+            "one completion from each, which cannot change the by-prompt statistic"
+        )
     _print({"model_equality": report}, as_json)
 
 

@@ -16,6 +16,14 @@ is compared with the statistic after `permutations` random relabellings; p = (1 
 are permuted only among completions of the same prompt (stratified), so the test is exact conditional on
 the prompts even if the two sources answered different numbers of samples per prompt.
 
+**Prompts that cannot be compared are dropped.** With prompts, a prompt answered by one source only has
+one labelling, and a prompt with exactly one completion from each source has two labellings that give
+the same statistic (the kernel is symmetric): neither can move the statistic under relabelling, and when
+every prompt is like that (one sample per prompt and source) the statistic is <= 0 (only the cross term
+is left) and p = 1 whatever the sources are. So a prompt enters the test only if both sources answered it
+and it holds at least 3 completions; the report counts the prompts dropped, and none left raises
+`UntestableComparisonError` (so do fewer than 2 samples from a source).
+
 A small p says the two sources differ in their first L tokens; it does not say how, or which one is
 "right". A large p is not proof of equality: the test only has the power its sample size and L give it.
 The kernel matrix costs O(N^2 L) and each permutation O(N^2) (N = total samples).
@@ -24,6 +32,7 @@ The kernel matrix costs O(N^2 L) and each permutation O(N^2) (N = total samples)
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +43,13 @@ from kdistill.provenance.report import ProvenanceReport
 
 METHOD = "model equality test, MMD with Hamming kernel (Gao et al. 2024)"
 _PAD = -1
+
+
+class UntestableComparisonError(ValueError):
+    """The samples cannot give a test: fewer than 2 from a source, or (by prompt) no comparable prompt.
+
+    Raised instead of a report whose p = 1 could only mean that no test took place.
+    """
 
 
 def _padded(samples: Sequence[Sequence[int]], length: int) -> np.ndarray:
@@ -108,16 +124,39 @@ def mmd_hamming_test(
     """Two-sample test: do token-id samples `x` and `y` come from the same distribution (first `length` tokens)?
 
     Give `prompts_x`/`prompts_y` (one hashable prompt key per sample) to compare completions prompt by
-    prompt (the kernel is 0 across prompts, permutations stay within a prompt).
+    prompt (the kernel is 0 across prompts, permutations stay within a prompt); prompts that cannot move
+    the statistic are dropped (`comparable_prompts`, counted in the report's details). Raises
+    `UntestableComparisonError` when no test is possible.
     """
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError(f"need at least 2 samples from each source, got {len(x)} and {len(y)}")
     if (prompts_x is None) != (prompts_y is None):
         raise ValueError("give prompts for both sources or for neither")
     if prompts_x is not None and (len(prompts_x) != len(x) or len(prompts_y or ()) != len(y)):
         raise ValueError("one prompt key per sample")
     if length < 1 or permutations < 1:
         raise ValueError("length and permutations must be >= 1")
+    if len(x) < 2 or len(y) < 2:
+        raise UntestableComparisonError(
+            f"need at least 2 samples from each source, got {len(x)} and {len(y)}"
+        )
+    dropped = {"prompts_dropped": 0, "samples_dropped_x": 0, "samples_dropped_y": 0}
+    if prompts_x is not None and prompts_y is not None:
+        keep = comparable_prompts(prompts_x, prompts_y)
+        if not keep:
+            raise UntestableComparisonError(_no_comparable_prompt(prompts_x, prompts_y))
+        kept_x = [i for i, p in enumerate(prompts_x) if p in keep]
+        kept_y = [i for i, p in enumerate(prompts_y) if p in keep]
+        dropped = {
+            "prompts_dropped": len(set(prompts_x) | set(prompts_y)) - len(keep),
+            "samples_dropped_x": len(x) - len(kept_x),
+            "samples_dropped_y": len(y) - len(kept_y),
+        }
+        x, prompts_x = [x[i] for i in kept_x], [prompts_x[i] for i in kept_x]
+        y, prompts_y = [y[i] for i in kept_y], [prompts_y[i] for i in kept_y]
+        if len(x) < 2 or len(y) < 2:
+            raise UntestableComparisonError(
+                f"need at least 2 samples from each source on the comparable prompts ({len(keep)}), "
+                f"got {len(x)} and {len(y)}"
+            )
     prompts = None if prompts_x is None else [*prompts_x, *(prompts_y or ())]
     kernel = hamming_kernel_matrix([*x, *y], length, prompts)
     labels = np.zeros(len(x) + len(y), dtype=bool)
@@ -152,8 +191,27 @@ def mmd_hamming_test(
             "samples_y": len(y),
             "length": length,
             "prompts": None if prompts is None else int(len(np.unique(strata))),
+            **dropped,
             "permutations_at_least_as_large": at_least,
         },
+    )
+
+
+def comparable_prompts(prompts_x: Sequence[Hashable], prompts_y: Sequence[Hashable]) -> set[Hashable]:
+    """Prompts whose completions can move the by-prompt statistic: answered by both, >= 3 completions in all."""
+    nx, ny = Counter(prompts_x), Counter(prompts_y)
+    return {p for p in nx if p in ny and nx[p] + ny[p] >= 3}
+
+
+def _no_comparable_prompt(prompts_x: Sequence[Hashable], prompts_y: Sequence[Hashable]) -> str:
+    nx, ny = Counter(prompts_x), Counter(prompts_y)
+    both = [p for p in nx if p in ny]
+    one_side = len(set(nx) | set(ny)) - len(both)
+    return (
+        f"no prompt can be compared: of {len(set(nx) | set(ny))} prompts, {one_side} were answered by one "
+        f"source only and {len(both)} have one completion from each source, where the statistic cannot "
+        "change under relabelling (it is <= 0 and p = 1 whatever the data); a by-prompt test needs prompts "
+        "answered by both sources with at least 3 completions in all"
     )
 
 
@@ -228,6 +286,8 @@ def sample_completions(
 
 
 __all__ = [
+    "UntestableComparisonError",
+    "comparable_prompts",
     "hamming_kernel_matrix",
     "mmd2_unbiased",
     "mmd_hamming_test",
