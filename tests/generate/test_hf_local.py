@@ -129,3 +129,27 @@ def test_truncated_answers_are_rejects_unless_allowed_and_completions_api_takes_
         GenerationError, match=r"chat.jsonl: line 2: a chat prompt .* teacher.api is 'completions'"
     ):
         generate(_config(tiny_lm_dir, chats, tmp_path / "c", teacher={"api": "completions"}))
+
+
+def test_a_teacher_named_by_its_gguf_file_answers_as_its_folder_does(tiny_lm_dir, tmp_path):
+    """`kdistill generate` reads teacher references as every other command does (a GGUF file here)."""
+    from tests.fixtures.tiny_gguf import write_tiny_gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (tmp_path / "gguf").mkdir()
+    gguf = write_tiny_gguf(
+        tmp_path / "gguf" / "teacher.F32.gguf",
+        AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        AutoTokenizer.from_pretrained(tiny_lm_dir),
+    )
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[2:4])
+    generate(_config(tiny_lm_dir, prompts, tmp_path / "by-folder"))
+    generate(_config(gguf, prompts, tmp_path / "by-gguf"))
+    assert (
+        load_generations(tmp_path / "by-gguf")["completion"]
+        == load_generations(tmp_path / "by-folder")["completion"]
+    )
+    teacher = json.loads(load_generations(tmp_path / "by-gguf")[0]["teacher"])
+    assert (teacher["model"], teacher["gguf_file"]) == (str(gguf.parent), "teacher.F32.gguf")
+    with pytest.raises(GenerationError, match=r"^teacher\.model 'pkg:no_such_kdistill_pkg': package"):
+        generate(_config("pkg:no_such_kdistill_pkg", prompts, tmp_path / "none"))

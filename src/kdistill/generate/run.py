@@ -217,11 +217,17 @@ def build_teacher(config: GenerationConfig, sampling: SamplingParams) -> tuple[T
             raise GenerationError(f"teacher.watermark.key_env: {err}") from None
         w = t.watermark
         watermark = GreenListWatermark(key, gamma=w.gamma, delta=w.delta, context_width=w.context_width)
+    from kdistill.runs.locations import resolve_model
+
+    try:  # a folder, a hub id, a .gguf file or pkg:<package>[/<path>], as everywhere a teacher is named
+        ref = resolve_model(t.model or "", gguf_file=t.gguf_file, field="teacher.model")
+    except (OSError, ValueError) as err:
+        raise GenerationError(str(err)) from None
     teacher = HFLocalTeacher(
-        model=t.model or "",
+        model=ref.path,
         sampling=sampling,
         api=t.api,
-        gguf_file=t.gguf_file,
+        gguf_file=ref.gguf_file,
         revision=t.revision,
         dtype=t.dtype,
         device=t.device,
