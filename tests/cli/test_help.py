@@ -20,6 +20,8 @@ COMMANDS = [
     ["provenance", "detect"],
     ["provenance", "radioactivity"],
     ["provenance", "compare"],
+    ["provenance", "suspect"],
+    ["export"],
 ]
 
 

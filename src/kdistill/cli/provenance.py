@@ -1,4 +1,6 @@
-"""`kdistill provenance`: watermark detection, radioactivity, model equality; each prints a report with a p-value.
+"""`kdistill provenance`: watermark detection, radioactivity (open weights or behind an API), model equality.
+
+Each command prints a report with a p-value.
 
 Printing happens here only: the detectors (`kdistill.provenance.*`) return `ProvenanceReport`s. Keys are
 read from the environment variable named by `--key-env` and never printed; reports show a fingerprint.
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from kdistill.cli.output import console, err_console, fail
+from kdistill.cli.output import CountBar, console, err_console, fail
 
 provenance_app = typer.Typer(
     help="Provenance tests with calibrated p-values: is a text watermarked, did a model learn from "
@@ -320,6 +322,174 @@ def radioactivity_command(
         seed=seed,
     )
     _print({"binomial": reports.binomial, "green_mass": reports.green_mass}, as_json)
+
+
+@provenance_app.command("suspect")
+def suspect_command(
+    base_url: Annotated[
+        str, typer.Option(help="the suspect's OpenAI-compatible endpoint, up to and including /v1")
+    ],
+    model: Annotated[str, typer.Option(help="the model name the endpoint serves")],
+    prompts: Annotated[
+        Path, typer.Option(help="prompts to ask it (.jsonl, .csv, .parquet or a dataset directory)")
+    ],
+    out: Annotated[Path, typer.Option(help="where its answers are stored; rerun the same command to resume")],
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="the watermarking model's tokenizer (a model folder, hub id, .gguf file or pkg:<package>/<path>)"
+        ),
+    ],
+    key_env: KeyEnvOpt = "KDISTILL_WATERMARK_KEY",
+    gamma: GammaOpt = 0.25,
+    context_width: WidthOpt = 1,
+    samples: Annotated[int, typer.Option(min=1, help="answers per prompt")] = 1,
+    max_tokens: Annotated[
+        int, typer.Option(min=1, help="most tokens per answer (cut-off answers are kept)")
+    ] = 256,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="sampling temperature asked of the suspect")
+    ] = 0.7,
+    seed: Annotated[int, typer.Option(help="base seed sent with the requests (answer i: seed + i)")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 4,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="environment variable holding the suspect API's key (never the key itself); default: no "
+            "key is sent, so that no key of yours reaches another party's server unasked",
+            show_default=False,
+        ),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"texts like the answers written without the key ({TEXTS_HELP}): adds the empirical p, "
+            "the answers' green count ranked among reference pools of as many distinct pairs",
+            show_default=False,
+        ),
+    ] = None,
+    alpha: Annotated[
+        float,
+        typer.Option(
+            help="level you will judge at: --json reports the suspect tokens after which the pooled p first "
+            "fell below it; with --reference, a note when the pools cannot reach it"
+        ),
+    ] = 1e-3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Test a suspect reachable only through an API: prompt it, pool its answers, detect the watermark.
+
+    Closed-model radioactivity (Sander et al. 2024): a model trained on text sampled with our watermark
+    says the key's green tokens a little more often than chance. The answers are stored in --out like a
+    `kdistill generate` run (rerun to resume: answered prompts are not asked again), re-tokenised with
+    the watermarking model's tokenizer and pooled; each distinct (context, token) pair is scored once,
+    pairs that occur in the prompts not at all.
+
+    Examples:
+
+      KDISTILL_WATERMARK_KEY=... kdistill provenance suspect --base-url https://api.example.com/v1 \\
+        --model their-model --api-key-env THEIR_API_KEY --prompts prompts.jsonl --out suspect/ \\
+        --tokenizer ./teacher --samples 4
+
+      kdistill provenance suspect ... --reference other-models-answers/ --json
+    """
+    from pydantic import ValidationError
+
+    from kdistill.generate.prompts import PromptFileError, load_prompts
+    from kdistill.generate.run import GenerationError
+    from kdistill.generate.store import GenerationStoreError, load_generations_table
+    from kdistill.generate.teachers import TeacherError
+    from kdistill.provenance.closed_model import closed_model_test, query_suspect, tokens_needed
+    from kdistill.provenance.watermark import NothingToScoreError
+    from kdistill.schema import format_validation_errors
+
+    if not 0.0 < alpha < 1.0:
+        raise fail(f"--alpha must be in (0, 1), got {alpha}")
+    key = _key(key_env)  # before any request: a run without the key would be paid for and untestable
+    tok = _tokenizer(tokenizer)
+    pool = None if reference is None else _reference_pool(key, tok, reference, gamma, context_width)
+    view = None if as_json else CountBar(err_console, "query", "answers")
+    try:
+        asked = len(load_prompts(prompts)) * samples
+        query_suspect(
+            base_url,
+            model,
+            prompts,
+            out,
+            api_key_env=api_key_env,
+            samples=samples,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            concurrency=concurrency,
+            progress=view,
+        )
+        table = load_generations_table(out)
+    except (GenerationError, GenerationStoreError, PromptFileError, TeacherError, OSError) as err:
+        raise fail(str(err)) from None
+    except ValidationError as err:  # the options, as the generation config they become
+        raise fail(format_validation_errors(err, "options", hide=("openai",))) from None
+    finally:
+        if view is not None:
+            view.stop()
+
+    answers = [text or "" for text in table.column("completion").to_pylist()]
+    if len(answers) < asked:
+        _warn(
+            f"{asked - len(answers)} of {asked} answers are missing (rejected or failed: see {out}/rejects.jsonl "
+            f"and {out}/errors.jsonl); testing the {len(answers)} there are; rerun to retry failed requests"
+        )
+    if not answers:
+        raise fail(f"{out}: no test possible: the suspect gave no answer")
+    prompt_texts = _prompt_texts(table)
+    ids = tok(answers, add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(prompt_texts, add_special_tokens=False)["input_ids"] if prompt_texts else []
+    try:
+        report = closed_model_test(
+            ids,
+            key,
+            gamma=gamma,
+            context_width=context_width,
+            vocab_size=len(tok),
+            null=pool,
+            prompts_token_ids=prompt_ids,
+            alpha=alpha,
+        )
+    except NothingToScoreError as err:
+        raise fail(f"{out}: no test possible: {err}") from None
+    if not as_json:
+        console.print(report.summary(), soft_wrap=True, highlight=False, markup=False)
+        return
+    needed = tokens_needed(
+        ids, key, gamma=gamma, context_width=context_width, alpha=alpha, prompts_token_ids=prompt_ids
+    )
+    payload = {"closed_model": report.to_dict(), "tokens_needed": {"alpha": alpha, "tokens": needed}}
+    typer.echo(json.dumps(payload, indent=2))
+
+
+def _reference_pool(key: bytes, tok: Any, reference: Path, gamma: float, context_width: int) -> Any:
+    """The reference texts scored under the key, for pools as large as the answers (before any request)."""
+    from kdistill.provenance.closed_model import reference_pool
+    from kdistill.provenance.watermark import NothingToScoreError
+
+    texts = [text for _, text in _labelled_texts(reference)]
+    try:
+        pool = reference_pool(
+            tok(texts, add_special_tokens=False)["input_ids"], key, gamma=gamma, context_width=context_width
+        )
+    except NothingToScoreError as err:
+        raise fail(f"{reference}: no test possible: {err}") from None
+    if pool.skipped:
+        _warn(f"{reference}: {pool.skipped} reference texts too short to score a pair left out")
+    return pool
+
+
+def _prompt_texts(table: Any) -> list[str]:
+    """The distinct texts the suspect was shown: plain prompts and every message of a chat."""
+    texts = [p for p in table.column("prompt").to_pylist() if p]
+    for chat in table.column("messages").to_pylist():
+        texts += [m["content"] for m in chat or () if isinstance(m.get("content"), str) and m["content"]]
+    return list(dict.fromkeys(texts))
 
 
 @provenance_app.command("compare")
