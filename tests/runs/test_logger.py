@@ -72,7 +72,7 @@ def progress_tasks(logger: RunLogger) -> dict[str, tuple[float, float | None]]:
 
 
 def test_bars_follow_the_logged_steps_and_done_completes_bars_and_spinners():
-    logger = RunLogger(RunProgress(Console(file=io.StringIO(), force_terminal=False)))
+    logger = RunLogger(RunProgress(Console(file=io.StringIO(), force_terminal=True)))
     with logger.shown():
         train = logger.job("kd", "student KD", total=20)
         train.log({"step": 10, "loss": 1.0})

@@ -94,7 +94,9 @@ def run(
     if result.finished_elsewhere:
         console.print("[dim]the run this one waited for finished it: nothing was trained again[/]")
     console.print(results_table(result.metrics))  # its title is the headline
-    console.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True, highlight=False)
+    run_dir = result.run_dir.absolute()
+    console.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False, markup=False)
+    console.print(f"report: {run_dir / 'report.html'}", soft_wrap=True, highlight=False, markup=False)
 
 
 def interrupted(cfg: Any, runs_dir: Path, *, fresh: bool) -> typer.Exit:

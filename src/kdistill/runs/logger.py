@@ -101,8 +101,10 @@ class RunLogger:
 
     @classmethod
     def for_run(cls, run_dir: Path, cfg: Any, *, console: Console | None, main: bool = True) -> RunLogger:
-        """The console (main process only) and the trackers of `cfg.report_to` (main process only)."""
+        """The console (main process only) and the trackers of `cfg.report_to` (main process only). The run's
+        folder is named first, as an absolute path on its own line, so a log shows where the run is going."""
         progress = RunProgress(console if main else None)
+        progress.note(f"run directory: {Path(run_dir).absolute()}")
         trackers = tracker_sinks(run_dir, cfg) if main else []
         return cls(progress, trackers)
 
