@@ -114,6 +114,11 @@ class EncoderStudentConfig(Strict):
         "input = the teacher's input embeddings (instant)",
     )
     sif: bool = Field(True, description="static: weight tokens by SIF frequencies of the training texts")
+    save_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="static: dtype of the saved vectors; float16 halves the file (as model2vec ships) "
+        "and the run also scores the student as saved",
+    )
     config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
     losses: dict[str, float] = Field(
         default_factory=lambda: {"cosine": 1.0},
@@ -131,6 +136,8 @@ class EncoderStudentConfig(Strict):
             raise ValueError("kind config needs config (a transformers config dict with model_type)")
         if self.kind != "static" and self.dims is not None:
             raise ValueError("dims applies to static students only")
+        if self.kind != "static" and self.save_dtype != "float32":
+            raise ValueError("save_dtype applies to static students only")
         if self.kind != "layers" and self.keep_layers is not None:
             raise ValueError("keep_layers applies to kind layers only")
         return self

@@ -7,6 +7,7 @@
         ──> saved so that `sentence_transformers.SentenceTransformer(students/<name>)` loads it
     teacher, each student before and after ──> recall@1/@10 on the pairs, Spearman of pairwise similarities
         against the teacher, texts/s at the same batch size and thread count, parameters, bytes
+    a static student saved as float16 ──> scored again as loaded back from its folder (its own row)
 
 The run directory is the one of the other tasks (config.yaml, manifest.json, metrics.json, report.html);
 restarting the same command continues an interrupted run: finished students are loaded (their
@@ -323,12 +324,14 @@ class StudentSession:
 
 @dataclass(frozen=True)
 class StudentOutcome:
-    """One student's results: its `done.json` record (history, steps, before-evaluation...) and after-eval."""
+    """One student's results: its `done.json` record (history, steps, before-evaluation...), the evaluation
+    of the trained student, and (saved as float16 only) the evaluation of the student as saved."""
 
     spec: EncoderStudentConfig
     out_dir: Path
     done: dict[str, Any]
     after: dict[str, Any]
+    saved: dict[str, Any] | None = None
 
 
 def distil_student(spec: EncoderStudentConfig, s: StudentSession) -> StudentOutcome:
@@ -344,7 +347,20 @@ def distil_student(spec: EncoderStudentConfig, s: StudentSession) -> StudentOutc
     else:
         student, done = train_student(spec, s, job, out_dir)
     after = s.held_out.cached(job / "eval_after.json", student, f"{spec.name} after", out_dir)
-    return StudentOutcome(spec, out_dir, done, after)
+    saved = None
+    if spec.save_dtype != "float32":
+        saved = cached_json(job / "eval_saved.json", lambda: _evaluate_as_saved(spec, s, out_dir))
+    return StudentOutcome(spec, out_dir, done, after, saved)
+
+
+def _evaluate_as_saved(spec: EncoderStudentConfig, s: StudentSession, out_dir: Path) -> dict[str, Any]:
+    """The student as a user gets it: loaded back from its folder (float16 vectors, computed in float32);
+    size_bytes is its weights file, not the float32 copy the loader holds in memory."""
+    from kdistill.encoders.save import load_saved_encoder
+
+    result = s.held_out(load_saved_encoder(out_dir), f"{spec.name} {spec.save_dtype} as saved", out_dir)
+    result["size_bytes"] = (out_dir / "model.safetensors").stat().st_size
+    return result
 
 
 def train_student(
@@ -389,7 +405,11 @@ def train_student(
         )
     except TrainingStopped as err:
         raise RuntimeError(f"student {spec.name}: training {err}") from None
-    save_sentence_transformer(student, out_dir)
+    save_sentence_transformer(student, out_dir, dtype=spec.save_dtype)
+    if spec.save_dtype != "float32":
+        # Scored now, before done.json: a resumed run loads the rounded copy and must not score that as the
+        # trained student. No saved_dir: the folder holds the rounded copy, whose bytes its own row reports.
+        s.held_out.cached(job / "eval_after.json", student, f"{spec.name} after")
     done = {
         "train_seconds": round(clock.seconds, 3),  # every session's share of a resumed job
         "history": history,
@@ -421,12 +441,16 @@ def encoder_metrics(
         row["extra_params"] = done["extra_params"]
         row["train_seconds"] = done["train_seconds"]
         models.append(row)
+        if o.saved is not None:
+            label = f"{name} ({o.spec.save_dtype} as saved)"
+            models.append(_model_row(label, "saved", o.spec.kind, o.saved, teacher_eval))
         history.extend({"model": name, "seed": cfg.seed, **h} for h in done["history"])
         students[name] = {
             "dir": str(o.out_dir),
             "steps": done["steps"],
             "train_seconds": done["train_seconds"],
             "losses": o.spec.losses,
+            "save_dtype": o.spec.save_dtype,
             **done["student"],
         }
     return {

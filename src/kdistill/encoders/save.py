@@ -15,10 +15,15 @@ Transformer student (`TextEncoder`)::
 Static student (`StaticEmbeddingStudent`), the files `sentence_transformers.models.StaticEmbedding.load`
 reads::
 
-    model.safetensors                                    "embedding.weight" (vocab, dims) float32
+    model.safetensors                                    "embedding.weight" (vocab, dims) float32 or float16
     tokenizer.json                                       the fast tokenizer (no padding, no truncation)
     modules.json                                         StaticEmbedding (-> Normalize)
     1_Normalize/config.json                              "{}", only when the student normalises
+
+A float16 static student (`dtype="float16"`, as model2vec ships its vectors) is half the bytes;
+`load_saved_encoder` computes with it in float32, while sentence-transformers' `StaticEmbedding` keeps the
+float16 weight and computes in float16 (its embeddings are float16 and differ from ours by float16
+rounding of the mean and the norm).
 
 Plus `config_sentence_transformers.json` (cosine similarity, no prompts) and `kdistill_encoder.json`
 (what kdistill saved, for `load_saved_encoder`). The directory is written beside the target and renamed
@@ -31,7 +36,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -41,6 +46,7 @@ from kdistill.io import make_readable
 __all__ = ["load_saved_encoder", "save_sentence_transformer"]
 
 KDISTILL_FILE = "kdistill_encoder.json"
+SaveDtype = Literal["float32", "float16"]
 _TYPES = {
     "Transformer": "sentence_transformers.models.Transformer",
     "Pooling": "sentence_transformers.models.Pooling",
@@ -90,10 +96,16 @@ def _write_transformer(encoder: TextEncoder, out: Path) -> dict[str, Any]:
     return {"kind": "transformer", "pooling": encoder.pooling}
 
 
-def _write_static(student: StaticEmbeddingStudent, out: Path) -> dict[str, Any]:
+def _write_static(student: StaticEmbeddingStudent, out: Path, dtype: SaveDtype) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    weight = student.embedding.weight.detach().to("cpu", torch.float32).contiguous()
+    source = student.embedding.weight.detach().to("cpu", torch.float32)
+    weight = source.to(getattr(torch, dtype)).contiguous()
+    if (torch.isinf(weight) & torch.isfinite(source)).any():
+        raise ValueError(
+            f"static student: a vector value of magnitude {source.abs().max().item():g} overflows {dtype} "
+            f"(at most {torch.finfo(weight.dtype).max:g}); save it as float32"
+        )
     save_file({"embedding.weight": weight}, str(out / "model.safetensors"))
     student.tokenizer.save(str(out / "tokenizer.json"))
     modules = [("StaticEmbedding", "")]
@@ -101,15 +113,23 @@ def _write_static(student: StaticEmbeddingStudent, out: Path) -> dict[str, Any]:
         modules.append(("Normalize", "1_Normalize"))
         _write_json(out / "1_Normalize" / "config.json", {})
     _write_json(out / "modules.json", _modules(*modules))
-    return {"kind": "static", "vocab_size": int(weight.shape[0])}
+    return {"kind": "static", "vocab_size": int(weight.shape[0]), "dtype": dtype}
 
 
 def save_sentence_transformer(
-    encoder: TextEncoder | StaticEmbeddingStudent, path: str | os.PathLike[str]
+    encoder: TextEncoder | StaticEmbeddingStudent,
+    path: str | os.PathLike[str],
+    *,
+    dtype: SaveDtype = "float32",
 ) -> Path:
-    """Write `encoder` to `path` (replaced if it exists) in sentence-transformers' layout; returns the path."""
+    """Write `encoder` to `path` (replaced if it exists) in sentence-transformers' layout; returns the path.
+    `dtype` float16 applies to static students only (their vectors, rounded to nearest)."""
     import transformers
 
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    if dtype != "float32" and not isinstance(encoder, StaticEmbeddingStudent):
+        raise ValueError(f"dtype {dtype} applies to static students only, got a {type(encoder).__name__}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -119,7 +139,7 @@ def save_sentence_transformer(
         if isinstance(encoder, TextEncoder):
             info = _write_transformer(encoder, tmp)
         elif isinstance(encoder, StaticEmbeddingStudent):
-            info = _write_static(encoder, tmp)
+            info = _write_static(encoder, tmp, dtype)
         else:
             raise TypeError(
                 f"cannot save a {type(encoder).__name__}; expected a TextEncoder or StaticEmbeddingStudent"
@@ -150,7 +170,8 @@ def save_sentence_transformer(
 
 
 def load_saved_encoder(path: str | os.PathLike[str]) -> TextEncoder | StaticEmbeddingStudent:
-    """Load a directory written by `save_sentence_transformer` (or any Transformer -> Pooling model)."""
+    """Load a directory written by `save_sentence_transformer` (or any Transformer -> Pooling model); a
+    static student's vectors, float32 or float16 on disk, are computed with in float32."""
     root = Path(path)
     modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
@@ -159,6 +180,6 @@ def load_saved_encoder(path: str | os.PathLike[str]) -> TextEncoder | StaticEmbe
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
 
-    weight = load_file(str(root / "model.safetensors"))["embedding.weight"]
+    weight = load_file(str(root / "model.safetensors"))["embedding.weight"].float()
     tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
     return StaticEmbeddingStudent(tokenizer, weight, normalize="Normalize" in kinds[1:])
