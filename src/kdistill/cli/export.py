@@ -1,4 +1,4 @@
-"""`kdistill export`: a trained student out of its run folder, into a deployable format (ONNX)."""
+"""`kdistill export`: a trained student out of its run folder, into a deployable format (ONNX, GGUF)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,22 @@ def export_command(
     student: Annotated[
         Path,
         typer.Argument(
-            help="a student's job folder in a classic or detection run folder, "
-            "e.g. runs/digits-.../jobs/distilled-s0"
+            help="--onnx: a student's job folder in a classic or detection run folder, "
+            "e.g. runs/digits-.../jobs/distilled-s0; --gguf: a Hugging Face model folder (config.json, "
+            "model.safetensors, tokenizer), e.g. an LM run's student folder"
         ),
     ],
-    onnx: Annotated[Path, typer.Option("--onnx", help="write the student as ONNX to this file")],
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="write the classic or detection student as ONNX to this file"),
+    ] = None,
+    gguf: Annotated[
+        Path | None, typer.Option("--gguf", help="write the Llama-family LM student as GGUF to this file")
+    ] = None,
+    gguf_type: Annotated[
+        str | None,
+        typer.Option("--type", help="--gguf: weight type of 2-D tensors, f16 or q8_0 [default: f16]"),
+    ] = None,
     peer: Annotated[
         int, typer.Option(help="classic mutual learning: which peer of the job (0, 1, ...)", min=0)
     ] = 0,
@@ -42,8 +53,21 @@ def export_command(
     Example: kdistill export runs/digits-20261202-101500/jobs/distilled-s0 --onnx student.onnx
 
     Example: kdistill export runs/detection-20261202-101500/jobs/response-s0 --onnx detector.onnx
+
+    With --gguf, a Llama-family LM student (a Hugging Face model folder) becomes one GGUF file for llama.cpp
+    or Ollama; it is loaded back and its logits compared with the folder's.
+
+    Example: kdistill export runs/lm-20261202-101500/jobs/distilled-s0/student --gguf student.gguf --type q8_0
     """
     from kdistill.detection.saved import is_detection_job
+
+    if (onnx is None) == (gguf is None):
+        raise fail("give exactly one of --onnx FILE or --gguf FILE")
+    if gguf is not None:
+        _export_gguf(student, gguf, gguf_type or "f16")
+        return
+    if gguf_type is not None:
+        raise fail(f"--type {gguf_type}: applies to --gguf; ONNX keeps the student's float32 weights")
 
     if is_detection_job(student):
         _export_detector(student, onnx, peer, min(check_batch, DETECTION_CHECK_BATCH))
@@ -105,6 +129,40 @@ def _export_detector(student: Path, onnx: Path, peer: int, check_batch: int) -> 
         markup=False,
     )
     _report(check, f"{check_batch} images, {outputs} outputs")
+
+
+def _export_gguf(student: Path, gguf: Path, gguf_type: str) -> None:
+    """The GGUF half of `export`: write the file, load it back, compare logits with the model folder's."""
+    from kdistill.export.gguf import GGUF_PARITY_RTOL, GGUF_TYPES, check_gguf, export_gguf
+    from kdistill.runs.threads import torch_threads
+
+    if gguf_type not in GGUF_TYPES:
+        raise fail(f"--type {gguf_type}: expected one of {', '.join(GGUF_TYPES)}")
+    if not gguf.parent.is_dir():
+        raise fail(f"--gguf {gguf}: no folder {gguf.parent}")
+    with torch_threads(1):
+        try:
+            export_gguf(student, gguf, type=gguf_type)
+            check = check_gguf(student, gguf, type=gguf_type)
+        except ValueError as err:
+            raise fail(str(err)) from None
+    size_kb = gguf.stat().st_size / 1024
+    console.print(
+        f"wrote {gguf} ({size_kb:.1f} kB, {gguf_type}): Llama student of {student}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    verdict = "equal" if check.within_tolerance else "NOT equal"
+    console.print(
+        f"GGUF (transformers' loader) vs Hugging Face on {check.tokens} tokens: max |logit diff| "
+        f"{check.max_abs_diff:.2e} ({verdict} within {check.tolerance:.2e} = {GGUF_PARITY_RTOL[gguf_type]:g} "
+        "x max |logit|)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    if not check.within_tolerance:
+        raise typer.Exit(code=1)
 
 
 def _report(check: OnnxCheck, compared: str) -> None:
