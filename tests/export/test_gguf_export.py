@@ -106,6 +106,8 @@ def test_metadata_equals_the_config_and_tokenizer(student, tmp_path):
     assert value("llama.vocab_size") == config["vocab_size"] == len(value("tokenizer.ggml.tokens"))
     tokenizer_json = json.loads((student / "tokenizer.json").read_text())
     assert value("tokenizer.ggml.model") == "gpt2"
+    assert tokenizer_json["pre_tokenizer"]["type"] == "ByteLevel"  # a plain byte-level pre-tokenizer ...
+    assert value("tokenizer.ggml.pre") == "gpt-2"  # ... under llama.cpp's name for it ("gpt2" fails to load)
     assert value("tokenizer.ggml.tokens")[:3] == ["<|pad|>", "<|bos|>", "<|eos|>"]
     assert value("tokenizer.ggml.token_type")[:4] == [3, 3, 3, 1]  # control, control, control, normal
     merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"]["merges"]]

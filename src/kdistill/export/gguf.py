@@ -224,11 +224,13 @@ def bpe_vocabulary(tokenizer) -> tuple[list[str], list[int], list[str]]:
 
 
 def _pre_tokenizer_name(tokenizer) -> str:
-    """llama.cpp's `tokenizer.ggml.pre`: "gpt2" for a plain byte-level pre-tokenizer with GPT-2's regex,
+    """llama.cpp's `tokenizer.ggml.pre`: "gpt-2" for a plain byte-level pre-tokenizer with GPT-2's regex,
     else "default" (llama.cpp's converter identifies other known pre-tokenizers by hashing their output;
-    a student with such a tokenizer may split text differently in llama.cpp than in transformers)."""
+    a student with such a tokenizer may split text differently in llama.cpp than in transformers).
+    "gpt-2", not "gpt2": "gpt2" is the tokenizer *model* name, and llama.cpp refuses to load a file whose
+    pre-tokenizer is "gpt2" ("unknown pre-tokenizer type")."""
     pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    return "gpt2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
 
 
 def _add_tokenizer(writer, tokenizer, tokens: list[str], types: list[int], merges: list[str]) -> None:
