@@ -40,6 +40,12 @@ def test_offline_run_writes_everything(tmp_path, tiny_config):
         for key in ("name", "accuracy", "accuracy_std", "params", "latency_ms", "agreement_with_teacher"):
             assert key in m
         assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0
+        assert m["latency_ms_min"] <= m["latency_ms"] <= m["latency_ms_max"]  # spread of the timing phase
+    timing = metrics["timing"]  # one phase: teacher and students in turns, after training
+    assert set(timing["models"]) == {m["name"] for m in metrics["models"]}
+    assert timing["threads"] == cfg.torch_threads()
+    assert timing["batch_size"] == cfg.evaluation.latency_batch_size
+    assert timing["rounds"] >= 1 and timing["warmup_rounds"] == 1 and isinstance(timing["busy"], bool)
     assert metrics["models"][1]["params"] == metrics["models"][2]["params"] < metrics["models"][0]["params"]
     assert {h["model"] for h in metrics["history"]} == {"student (scratch)", "student (distilled)"}
     # a finished run is not resumed: the same call makes a new directory

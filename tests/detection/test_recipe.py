@@ -125,7 +125,11 @@ def test_coco_folders_are_data_and_onnx_latency_is_reported(tmp_path: Path) -> N
     result = run_detection(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
     for model in result.metrics["models"]:
         assert model["onnx_latency_ms"] > 0 and model["latency_ms"] > 0
+        assert model["onnx_latency_ms_min"] <= model["onnx_latency_ms"] <= model["onnx_latency_ms_max"]
         assert model["onnx_within_tolerance"] is True
+    timing = result.metrics["timing"]  # PyTorch and onnxruntime, teacher and student, in one phase
+    assert set(timing["models"]) == {"teacher/torch", "teacher/onnx", "student/torch", "student/onnx"}
+    assert timing["repeats"] == 3 and timing["batch_size"] == 1 and timing["image_size"] == [64, 64]
     assert (result.run_dir / "export" / "student.onnx").is_file()
 
 

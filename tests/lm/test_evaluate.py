@@ -14,6 +14,7 @@ from kdistill.lm.evaluate import (
     evaluate_student,
     exact_match,
     generate_answers,
+    generation_call,
     lcs_length,
     response_perplexity,
     rouge_l_f1,
@@ -118,6 +119,34 @@ def test_batched_left_padded_generation_equals_one_at_a_time(model_dir, tokenize
         ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], dim=1)
     new = ids[0, -batched.new_tokens[0] :].tolist()
     assert tokenizer.decode(new, skip_special_tokens=True) == batched.texts[0]
+
+
+@torch.no_grad()
+def test_timed_generation_makes_every_answer_the_same_length_and_cuts_prompts_alike(
+    tiny_model, tokenizer, rows
+):
+    """The timing phase's call: a model whose eos comes first still generates all `new_tokens` (none looks
+    faster by stopping early), and every prompt is cut to the same number of tokens."""
+    prompt = encode_prompt(tokenizer, rows[0])
+    first = int(tiny_model(torch.tensor([prompt])).logits[0, -1].argmax())
+    stopper = copy.deepcopy(tokenizer)
+    stopper.eos_token = stopper.convert_ids_to_tokens(first)  # greedy decoding stops after one token
+    assert generate_answers(tiny_model, stopper, rows[:1], max_new_tokens=6).new_tokens == [1]
+
+    shapes = []
+    generate = tiny_model.generate
+
+    def recording_generate(**kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return generate(**kwargs)
+
+    tiny_model.generate = recording_generate
+    generation_call(tiny_model, stopper, rows[:1], new_tokens=6, max_prompt_length=512)()  # raises if shorter
+    assert shapes == [(1, len(prompt))]
+    call = generation_call(tiny_model, stopper, rows[:3], new_tokens=6, max_prompt_length=5)
+    call()
+    call()
+    assert shapes[1:] == [(3, 5), (3, 5)]  # three prompts in one batch, each cut to its last 5 tokens
 
 
 def test_evaluate_student_reports_every_metric(tiny_model, tokenizer, rows):

@@ -89,6 +89,21 @@ def test_lm_run_distils_a_pruned_student_and_reports_it(tmp_path, tiny_teacher):
     assert student.config.num_hidden_layers == 3
     html = (d / "report.html").read_text()
     assert "ppl on teacher answers" in html and "Example answers" in html
+    # speed from one timing phase after training: the same 4 prompts, 32 forced new tokens, in turns
+    timing = metrics["timing"]
+    assert set(timing["models"]) == {
+        "teacher",
+        "none",
+    }  # the before row has the distilled student's architecture
+    assert timing["new_tokens"] == 32 and timing["batch_size"] == 4 and timing["max_prompt_length"] == 256
+    assert timing["threads"] == 1 and timing["rounds"] == 3 and timing["warmup_rounds"] == 1
+    for row in metrics["models"]:
+        assert row["latency_ms_min"] <= row["latency_ms"] <= row["latency_ms_max"]
+        assert row["tokens_per_s_min"] <= row["tokens_per_s"] <= row["tokens_per_s_max"]
+    median_s = timing["models"]["teacher"]["median_ms"] / 1000
+    assert teacher_row["tokens_per_s"] == pytest.approx(4 * 32 / median_s)
+    assert before["latency_ms"] == after["latency_ms"]
+    assert "Timing: 3 rounds after 1 warm-up round" in html
 
 
 def test_lm_generation_is_cached_between_runs(tmp_path, tiny_teacher, monkeypatch):

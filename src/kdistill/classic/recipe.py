@@ -24,7 +24,6 @@ from kdistill.evaluation import (
     accuracy,
     agreement,
     count_parameters,
-    latency_ms_per_sample,
     mean_std,
     size_on_disk_bytes,
     write_report,
@@ -41,6 +40,11 @@ from kdistill.runs.run_dir import (
     write_metrics,
 )
 from kdistill.runs.threads import torch_threads
+from kdistill.runs.timing import time_models
+
+# The timing phase after training: kept rounds (after a warm-up round), forward passes per model and round
+TIMING_ROUNDS = 5
+TIMING_REPEATS = 10
 
 
 def run(
@@ -119,19 +123,15 @@ def train_students(ctx: RunContext) -> list[TrainedModel]:
 
 
 def evaluate_models(cfg: RunConfig, ctx: RunContext, trained: list[TrainedModel]) -> dict[str, Any]:
-    """Accuracy and agreement per seed, then size and latency per architecture, grouped by model name."""
+    """Accuracy and agreement per seed, size per model name, then the teacher and one student per name timed
+    together (`time_speeds`)."""
     x, y = ctx.data.x_test.to(ctx.device), ctx.data.y_test.to(ctx.device)
-    example = x[: cfg.evaluation.latency_batch_size]
     with torch.inference_mode():
         teacher_logits = ctx.teacher(x)
     teacher_acc = accuracy(teacher_logits, y)
 
     def describe(model: torch.nn.Module) -> dict[str, Any]:
-        return {
-            "params": count_parameters(model),
-            "size_bytes": size_on_disk_bytes(model),
-            "latency_ms": latency_ms_per_sample(model, example),
-        }
+        return {"params": count_parameters(model), "size_bytes": size_on_disk_bytes(model)}
 
     models: list[dict[str, Any]] = [
         {
@@ -177,7 +177,53 @@ def evaluate_models(cfg: RunConfig, ctx: RunContext, trained: list[TrainedModel]
                 **describe(runs[0].model),
             }
         )
-    return {"models": models, "history": history, "summary": summarise(models)}
+    speeds, timing = time_speeds(
+        cfg, ctx, {"teacher": ctx.teacher} | {n: r[0].model for n, r in groups.items()}
+    )
+    for row in models:
+        row |= speeds[row["name"]]
+    return {"models": models, "history": history, "summary": summarise(models), "timing": timing}
+
+
+def time_speeds(
+    cfg: RunConfig, ctx: RunContext, models: dict[str, torch.nn.Module]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Latency per sample (ms) of every model, median and spread, from one timing phase in which the models
+    take turns on the same test batch (kdistill.runs.timing), and that phase's record for metrics.json."""
+    example = ctx.data.x_test[: cfg.evaluation.latency_batch_size].to(ctx.device)
+    batch = example.shape[0]
+
+    def forward(model: torch.nn.Module):
+        def call() -> None:
+            model(example)
+            if example.is_cuda:  # kernels run asynchronously: time the work, not its launch
+                torch.cuda.synchronize(example.device)
+
+        return call
+
+    modes = {m: m.training for model in models.values() for m in model.modules()}
+    for model in models.values():
+        model.eval()
+    try:
+        with torch.inference_mode():
+            phase = time_models(
+                {name: forward(model) for name, model in models.items()},
+                rounds=TIMING_ROUNDS,
+                repeats=TIMING_REPEATS,
+                threads=cfg.torch_threads(),
+            )
+    finally:
+        for module, was_training in modes.items():
+            module.training = was_training
+    speeds = {
+        name: {
+            "latency_ms": 1000 * timing.median_s / batch,
+            "latency_ms_min": 1000 * timing.min_s / batch,
+            "latency_ms_max": 1000 * timing.max_s / batch,
+        }
+        for name, timing in phase.models.items()
+    }
+    return speeds, phase.record(batch_size=batch, device=str(ctx.device))
 
 
 def summarise(models: list[dict[str, Any]]) -> dict[str, Any]:

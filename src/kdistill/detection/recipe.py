@@ -52,10 +52,12 @@ from kdistill.runs.run_dir import (
     write_metrics,
 )
 from kdistill.runs.threads import torch_threads
+from kdistill.runs.timing import time_models
 from kdistill.schema import stable_hash
 
 __all__ = ["DetectionSplits", "load_detection_data", "run_detection"]
 
+TIMING_ROUNDS = 5  # kept rounds of the timing phase, after one warm-up round
 STUDENT_PREFIX = "student."  # every job saves its detector under this prefix (beside loss modules)
 
 
@@ -400,7 +402,7 @@ def evaluate_detection(
         }
 
     first = next(iter(students.values()))  # every arm's student has one architecture: timed once
-    speed = model_speeds({"teacher": teacher, "student": first}, cfg, run_dir / "export", size)
+    speed, timing = model_speeds({"teacher": teacher, "student": first}, cfg, run_dir / "export", size)
     teacher_quality = quality(teacher_found)
     models: list[dict[str, Any]] = [
         {
@@ -441,16 +443,18 @@ def evaluate_detection(
         "history": history,
         "summary": summarise_detection(models),
         "data": data_record(data),
+        "timing": timing,
     }
 
 
 def model_speeds(
     models: dict[str, FCOSDetector], cfg: DetectionRunConfig, export_dir: Path, size: tuple[int, int]
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Per model: parameters, bytes and latency per image at batch 1 in PyTorch and (exported to ONNX,
-    its outputs checked against PyTorch's) in onnxruntime. All models and runtimes are timed in turns
-    (`time_alternating`), so a busy moment of the machine falls on all of them alike."""
-    from kdistill.export.onnx import check_onnx, export_onnx, onnx_session, time_alternating
+    its outputs checked against PyTorch's) in onnxruntime, median and spread; and the timing phase's record.
+    All models and runtimes are timed in one phase, in turns (kdistill.runs.timing), so a busy moment of
+    the machine falls on all of them alike, and a busy machine is noted."""
+    from kdistill.export.onnx import check_onnx, export_onnx, onnx_session
 
     models = {name: model.float().cpu().eval() for name, model in models.items()}
     example = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
@@ -483,12 +487,19 @@ def model_speeds(
             session, x = onnx_session(path), example.numpy()
             calls[f"{name}/onnx"] = lambda s=session, x=x: s.run(None, {s.get_inputs()[0].name: x})
     with torch.inference_mode():
-        times = time_alternating(calls, rounds=5, repeats=cfg.evaluation.latency_rounds)
+        phase = time_models(
+            calls, rounds=TIMING_ROUNDS, repeats=cfg.evaluation.latency_rounds, threads=cfg.torch_threads()
+        )
     for name in models:
-        records[name]["latency_ms"] = times[f"{name}/torch"]
-        if cfg.evaluation.onnx:
-            records[name]["onnx_latency_ms"] = times[f"{name}/onnx"]
-    return records
+        for runtime, key in (("torch", "latency_ms"), ("onnx", "onnx_latency_ms")):
+            timing = phase.models.get(f"{name}/{runtime}")
+            if timing is not None:
+                records[name] |= {
+                    key: 1000 * timing.median_s,
+                    f"{key}_min": 1000 * timing.min_s,
+                    f"{key}_max": 1000 * timing.max_s,
+                }
+    return records, phase.record(batch_size=1, image_size=list(size), device="cpu")
 
 
 def summarise_detection(models: list[dict[str, Any]]) -> dict[str, Any]:

@@ -87,6 +87,13 @@ DETECTION_RESULT_COLUMNS: tuple[str, ...] = (
 )
 _TEXT_COLUMNS = frozenset({"model", "role"})  # every other column is a number, right-aligned
 _MISSING = "—"
+# Columns that come from the timing phase (metrics["timing"]); marked when it ran on a busy machine.
+SPEED_COLUMNS = frozenset(
+    {"ms / sample", "ms / answer", "ms / image", "onnxruntime ms", "tokens / s", "texts / s", "speedup"}
+)
+BUSY_MARK = "*"
+# metrics["timing"] keys that say how the phase ran; every other key is a task setting (batch size, ...)
+_TIMING_KEYS = frozenset({"rounds", "warmup_rounds", "repeats", "threads", "load", "busy", "models"})
 
 # A model's headline quality per task: (metrics key, its std key, label). It is the trade-off plot's y value,
 # and `<key>_per_seed` counts the seeds behind a table's "±". LM and encoder recipes fill "accuracy" with
@@ -299,8 +306,72 @@ def _detection_row(
     ]
 
 
+def timing_busy(metrics: Mapping[str, Any]) -> bool:
+    """Whether the speed figures were timed while other processes kept the machine busy."""
+    timing = metrics.get("timing")
+    return isinstance(timing, Mapping) and bool(timing.get("busy"))
+
+
+def _plural(count: Any, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _setting(key: str, value: Any) -> str:
+    if isinstance(value, list | tuple):
+        value = "x".join(str(v) for v in value)  # an image size [64, 64] -> 64x64
+    return f"{key.replace('_', ' ')} {value}"
+
+
+def timing_line(metrics: Mapping[str, Any]) -> str | None:
+    """How the speed columns were measured, from metrics["timing"] (None for metrics from before it):
+    rounds, warm-up, threads, the task's settings and the machine's load; a busy machine is called out."""
+    timing = metrics.get("timing")
+    if not isinstance(timing, Mapping):
+        return None
+    rounds = _plural(timing.get("rounds", "?"), "round")
+    warmup = _plural(timing.get("warmup_rounds", "?"), "warm-up round")
+    calls = _plural(timing.get("repeats", "?"), "call")
+    how = [
+        f"{rounds} after {warmup}, models in turns, {calls} per turn, {_plural(timing.get('threads', '?'), 'thread')}"
+    ]
+    # the task's settings: scalars and lists (an image size); per-model tables are the columns' business,
+    # and a setting named "...note" is a sentence of its own
+    settings = {k: v for k, v in timing.items() if k not in _TIMING_KEYS and not isinstance(v, Mapping)}
+    notes = [str(v) for k, v in settings.items() if k.endswith("note")]
+    how += [_setting(key, value) for key, value in settings.items() if not key.endswith("note")]
+    load = timing.get("load")
+    described = load.get("description") if isinstance(load, Mapping) else None
+    line = "Timing: " + ", ".join(how) + "; " + (described or "machine load not recorded") + "."
+    line += "".join(f" {note[:1].upper()}{note[1:].rstrip('.')}." for note in notes)
+    if timing_busy(metrics):
+        line += (
+            f" Speed figures marked {BUSY_MARK} were taken on a busy machine (other processes competed for "
+            "the cores) and are not reliable."
+        )
+    return line
+
+
+def _headline(metrics: Mapping[str, Any]) -> str | None:
+    headline = metrics.get("summary", {}).get("headline")
+    if headline and timing_busy(metrics):
+        return f"{headline} (speed timed on a busy machine: not reliable)"
+    return None if headline is None else str(headline)
+
+
 def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
-    """The formatted cells of the results table, teacher first, one list per model (see result_columns)."""
+    """The formatted cells of the results table, teacher first, one list per model (see result_columns); speed
+    cells end in BUSY_MARK when the timing phase ran on a busy machine."""
+    rows = _plain_results_rows(metrics)
+    if timing_busy(metrics):
+        speed = [i for i, column in enumerate(result_columns(metrics)) if column in SPEED_COLUMNS]
+        for row in rows:
+            for i in speed:
+                if row[i] != _MISSING:
+                    row[i] += BUSY_MARK
+    return rows
+
+
+def _plain_results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     teacher = _teacher(metrics) or {}
     rows = []
     for model in _models_teacher_first(metrics):
@@ -360,9 +431,15 @@ def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
 
 def results_table(metrics: Mapping[str, Any]) -> Table:
     """The results as a rich Table for the terminal (the caller decides where to print it)."""
-    headline = metrics.get("summary", {}).get("headline")
+    headline, timing = _headline(metrics), timing_line(metrics)
     # Text, not str: rich would read "[bold]" or "[0.1]" in a model name as markup and drop it.
-    table = Table(title=Text(str(headline)) if headline else None, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=Text(headline) if headline else None,
+        caption=Text(timing) if timing else None,  # under the table: how the speed columns were measured
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for column in result_columns(metrics):
         table.add_column(Text(column), justify="left" if column in _TEXT_COLUMNS else "right")
     for row in results_rows(metrics):
@@ -510,8 +587,9 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: Path) -> Path:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
     per = {"lm": "answer", "encoder": "text", "detection": "image"}.get(metrics.get("task"), "sample")
     params_axes.set(title=f"{quality} vs size", xlabel="parameters (log)", ylabel=f"{quality} (%)")
+    busy = " (busy machine: not reliable)" if timing_busy(metrics) else ""
     latency_axes.set(
-        title=f"{quality} vs speed", xlabel=f"latency per {per}, ms (log)", ylabel=f"{quality} (%)"
+        title=f"{quality} vs speed{busy}", xlabel=f"latency per {per}, ms (log)", ylabel=f"{quality} (%)"
     )
     figure.suptitle(_plot_text(metrics.get("run", {}).get("name", "")))
     return _save_figure(figure, path)
@@ -526,6 +604,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 .meta { color: #666; font-size: 0.9em; }
+.busy { color: #a40000; }
 .headline { font-size: 1.5em; font-weight: 600; margin: 0.8em 0; padding: 0.6em 0.9em;
             background: #f3f7fb; border-left: 4px solid #1f77b4; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
@@ -585,13 +664,18 @@ def _html_page(
         f"<h1>{html.escape(name)}</h1>",
         f'<p class="meta">{meta}</p>',
     ]
-    if summary.get("headline"):
-        parts.append(f'<p class="headline">{html.escape(str(summary["headline"]))}</p>')
+    headline = _headline(metrics)
+    if headline:
+        parts.append(f'<p class="headline">{html.escape(headline)}</p>')
 
     parts += [
         "<h2>Results</h2>",
         _html_table(result_columns(metrics), results_rows(metrics), numeric_from=len(_TEXT_COLUMNS)),
     ]
+    timing = timing_line(metrics)
+    if timing:
+        css = "meta timing busy" if timing_busy(metrics) else "meta timing"
+        parts.append(f'<p class="{css}">{html.escape(timing)}</p>')
     parts += _reasoning_tables(metrics.get("reasoning"))
     other_numbers = [[str(key), _format_value(value)] for key, value in summary.items() if key != "headline"]
     if other_numbers:

@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from kdistill.io import atomic_output
+from kdistill.runs.timing import time_models
 
 __all__ = [
     "FlatOutputs",
@@ -111,21 +111,11 @@ def quiet_exporter() -> Iterator[None]:
 def time_alternating(
     calls: dict[str, Callable[[], Any]], *, rounds: int = 5, repeats: int = 50
 ) -> dict[str, float]:
-    """Median ms per call of each of `calls`, timed in turns: `rounds` rounds of `repeats` calls of each, the
-    order reversed every other round so none always runs right after another, and a first round discarded
-    as warm-up (thread pools, caches, lazy initialisation)."""
-    if rounds < 1 or repeats < 1:
-        raise ValueError(f"need rounds >= 1 and repeats >= 1, got rounds={rounds}, repeats={repeats}")
-    measured: dict[str, list[float]] = {key: [] for key in calls}
-    order = list(calls.items())
-    for r in range(rounds + 1):
-        for key, call in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            for _ in range(repeats):
-                call()
-            if r > 0:  # round 0 warms everything up
-                measured[key].append((time.perf_counter() - start) * 1000 / repeats)
-    return {key: statistics.median(values) for key, values in measured.items()}
+    """Median ms per call of each of `calls`, timed in turns (kdistill.runs.timing.time_models): `rounds`
+    rounds of `repeats` calls of each, the order reversed every other round so none always runs right after
+    another, and a first round discarded as warm-up (thread pools, caches, lazy initialisation)."""
+    phase = time_models(calls, rounds=rounds, repeats=repeats, warmup_rounds=1, clock=time.perf_counter)
+    return {key: 1000 * timing.median_s for key, timing in phase.models.items()}
 
 
 def onnx_session(path: str | os.PathLike[str]) -> Any:

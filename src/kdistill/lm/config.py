@@ -208,6 +208,17 @@ class LMEvaluationConfig(Strict):
         None, ge=1, description="tokens generated per held-out answer (default: generation.max_new_tokens)"
     )
     batch_size: int = Field(8, ge=1, description="sequences per batch in evaluation")
+    # the timing phase after training: teacher and students answer the same prompts in turns, same lengths
+    timing_prompts: int = Field(
+        4, ge=1, description="held-out prompts answered in one batch per timed call (the report's speed)"
+    )
+    timing_new_tokens: int = Field(
+        32, ge=1, description="tokens every model generates per timed answer (forced: no early stop)"
+    )
+    timing_max_prompt_length: int = Field(
+        256, ge=1, description="timed prompts are cut to their last this many tokens (teacher and students)"
+    )
+    timing_rounds: int = Field(3, ge=1, description="timed rounds per model, after one warm-up round")
 
 
 class LMHiddenConfig(Strict):

@@ -4,7 +4,8 @@
 - top-1 agreement with the teacher, next token by next token along the teacher's answers (needs the
   teacher model, and the same tokenizer for both);
 - the student's own greedy answers, scored against the teacher's with ROUGE-L F1 and exact match, and
-  timed (seconds per answer, new tokens per second);
+  timed as they come (the report's speed is measured apart: `generation_call`, same prompts and forced
+  lengths for every model, timed in turns by kdistill.runs.timing);
 - bits per byte of the answers' text, which, unlike perplexity per token, compares models whose
   tokenizers differ.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate_student",
     "exact_match",
     "generate_answers",
+    "generation_call",
     "lcs_length",
     "response_perplexity",
     "rouge_l_f1",
@@ -227,6 +229,56 @@ class Generations:
     seconds: float  # wall time inside generate(), all batches
 
 
+def _left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, T) and attention mask (B, T) of `prompts`, left-padded with `pad` to the longest."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        attention_mask[i, width - len(p) :] = 1
+    return input_ids, attention_mask
+
+
+def generation_call(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    new_tokens: int,
+    max_prompt_length: int,
+) -> Callable[[], None]:
+    """A call for the timing phase: greedy answers to all `rows` in one left-padded batch, exactly
+    `new_tokens` tokens each (min_new_tokens = max_new_tokens: no model looks faster by stopping early), the
+    prompts cut to their last `max_prompt_length` tokens. Tokenized once, here; the call raises if the
+    answers came out shorter. The model should be in eval mode."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer needs a pad token for batched generation (load_tokenizer sets one)")
+    prompts = [encode_prompt(tokenizer, row)[-max_prompt_length:] for row in rows]
+    device = _device(model)
+    input_ids, attention_mask = (t.to(device) for t in _left_padded(prompts, pad))
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+
+    def call() -> None:
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+            )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if output.shape[1] - input_ids.shape[1] != new_tokens:
+            raise RuntimeError(f"generated {output.shape[1] - input_ids.shape[1]} tokens, not {new_tokens}")
+
+    return call
+
+
 @torch.inference_mode()
 def generate_answers(
     model: nn.Module,
@@ -259,12 +311,8 @@ def generate_answers(
             prompts = [encode_prompt(tokenizer, row) for row in rows[start : start + batch_size]]
             if max_prompt_length is not None:
                 prompts = [p[-max_prompt_length:] for p in prompts]
-            width = max(len(p) for p in prompts)
-            input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for i, p in enumerate(prompts):
-                input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-                attention_mask[i, width - len(p) :] = 1
+            input_ids, attention_mask = _left_padded(prompts, pad)
+            width = input_ids.shape[1]
             begin = time.perf_counter()
             output = model.generate(
                 input_ids=input_ids.to(device),

@@ -59,6 +59,7 @@ from kdistill.runs.run_dir import (
     write_metrics,
 )
 from kdistill.runs.threads import torch_threads
+from kdistill.runs.timing import time_models
 from kdistill.schema import stable_hash
 
 SFT_ONLY = "student (SFT on answers only)"
@@ -175,10 +176,14 @@ def run_lm(
                 run.procs.wait_for_everyone()
                 return RunResult(run.run_dir, json.loads((run.run_dir / METRICS).read_text()), run.resumed)
             evals |= evaluate_arms(run, arms, teacher, eval_rows, reasoning)
+            speeds, timing = time_generation(run, teacher, arms, eval_rows)
         train = {"answers": len(train_rows), "response_tokens": response_tokens(examples)}
-        metrics = lm_metrics(run, teacher, student_size, arms, evals, eval_rows, train=train, t0=t0)
+        metrics = lm_metrics(
+            run, teacher, student_size, arms, evals, eval_rows, speeds, timing, train=train, t0=t0
+        )
         if reasoning is not None:
-            add_reasoning_metrics(metrics, reasoning, evals, {k: len(v) for k, v in data_arms.items()})
+            data_examples = {k: len(v) for k, v in data_arms.items()}
+            add_reasoning_metrics(metrics, reasoning, evals, data_examples, speeds)
         write_report(run.run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=run.manifest)
         write_metrics(run.run_dir, metrics)
         run.procs.wait_for_everyone()
@@ -948,6 +953,60 @@ def evaluate_arms(
     return evals
 
 
+def time_generation(
+    run: LMRun, teacher: Teacher, arms: dict[str, Arm], eval_rows: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Speed per model from one timing phase (kdistill.runs.timing): the teacher and every trained student
+    answer the same first held-out prompts greedily, in one batch, with the same number of new tokens
+    (forced) and the same prompt cut, in turns. Returns per model ("teacher" or the arm's kind) ms per
+    answer and new tokens per second, median and spread, and the phase's record for metrics.json."""
+    from kdistill.lm.evaluate import generation_call
+
+    e = run.cfg.evaluation
+    rows = eval_rows[: e.timing_prompts]
+    models = {"teacher": (teacher.model, teacher.tokenizer)}
+    models |= {kind: (arm.model, run.student_tokenizer) for kind, arm in arms.items()}
+    modes = {m: m.training for model, _ in models.values() for m in model.modules()}
+    spin = run.logger.job("timing", f"timing: {len(models)} models in turns")
+    try:
+        for model, _ in models.values():
+            model.eval()
+        calls = {
+            name: generation_call(
+                model,
+                tokenizer,
+                rows,
+                new_tokens=e.timing_new_tokens,
+                max_prompt_length=e.timing_max_prompt_length,
+            )
+            for name, (model, tokenizer) in models.items()
+        }
+        phase = time_models(calls, rounds=e.timing_rounds, threads=run.cfg.torch_threads())
+    finally:
+        for module, was_training in modes.items():
+            module.training = was_training
+    spin.done()
+    tokens = len(rows) * e.timing_new_tokens  # per call, every model alike
+    speeds = {
+        name: {
+            "latency_ms": 1000 * t.median_s / len(rows),
+            "latency_ms_min": 1000 * t.min_s / len(rows),
+            "latency_ms_max": 1000 * t.max_s / len(rows),
+            "tokens_per_s": tokens / t.median_s,
+            "tokens_per_s_min": tokens / t.max_s,
+            "tokens_per_s_max": tokens / t.min_s,
+        }
+        for name, t in phase.models.items()
+    }
+    record = phase.record(
+        batch_size=len(rows),
+        new_tokens=e.timing_new_tokens,
+        max_prompt_length=e.timing_max_prompt_length,
+        device=str(next(teacher.model.parameters()).device),
+    )
+    return speeds, record
+
+
 def reasoning_data(run: LMRun, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> Any:
     """The `verify:` stage (kdistill.lm.reasoning): verdicts in the run directory, resumable."""
     from kdistill.lm.reasoning import verified_data
@@ -974,7 +1033,11 @@ def reasoning_data(run: LMRun, train_rows: list[dict[str, Any]], eval_rows: list
 
 
 def add_reasoning_metrics(
-    metrics: dict[str, Any], reasoning: Any, evals: dict[str, dict[str, Any]], data_examples: dict[str, int]
+    metrics: dict[str, Any],
+    reasoning: Any,
+    evals: dict[str, dict[str, Any]],
+    data_examples: dict[str, int],
+    speeds: dict[str, dict[str, float]],
 ) -> None:
     """Held-out accuracy of every model as the verifiers judge it (the report's quality column), the data
     arms' rows, the teacher's pass@k and what each filter removed, in metrics.json."""
@@ -989,7 +1052,7 @@ def add_reasoning_metrics(
     student_size = {k: v for k, v in metrics["models"][1].items() if k in ("params", "size_bytes")}
     for arm in reasoning.arms[1:]:
         kind = f"data-{arm.name}"
-        row = _model_row(arm.label, kind, student_size, evals[kind])
+        row = _model_row(arm.label, kind, student_size, evals[kind], speeds[kind])
         row["verified"] = verified_accuracy(reasoning, evals[kind]["answers"])
         row["accuracy"] = row["verified"]["accuracy"]
         metrics["models"].insert(len(metrics["models"]) - 1, row)
@@ -1025,33 +1088,44 @@ def lm_metrics(
     arms: dict[str, Arm],
     evals: dict[str, dict[str, Any]],
     eval_rows: list[dict[str, Any]],
+    speeds: dict[str, dict[str, float]],
+    timing: dict[str, Any],
     *,
     train: dict[str, int],
     t0: float,
 ) -> dict[str, Any]:
     """metrics.json: one row per model (teacher, before, [sft], distilled), the training histories, what
-    was optimised, the headline and example answers."""
+    was optimised, the headline, example answers and the timing phase (`speeds` per model: "teacher" or an
+    arm's kind; the student before training has the distilled one's architecture, so its speed)."""
     cfg, d = run.cfg, run.cfg.distill
     distilled = arms[d.signal]
     name = (
         "student (distilled)" if d.signal == "none" else f"student (KD: {d.signal} {arm_loss(cfg, d.signal)})"
     )
     models = [
-        _model_row("teacher", "teacher", model_size(teacher.model), evals["teacher"]),
-        _model_row("student (pruned, before)", "before", student_size, evals["before"]),
+        _model_row("teacher", "teacher", model_size(teacher.model), evals["teacher"], speeds["teacher"]),
+        _model_row("student (pruned, before)", "before", student_size, evals["before"], speeds[d.signal]),
     ]
     history = [{"model": name, "seed": cfg.seed, **h} for h in distilled.history]
     if "sft" in evals:
         sft = arms["none"]
-        models.append(_model_row(SFT_ONLY, "sft", student_size, evals["sft"], seconds=sft.train_seconds))
+        models.append(
+            _model_row(SFT_ONLY, "sft", student_size, evals["sft"], speeds["none"], seconds=sft.train_seconds)
+        )
         history += [{"model": SFT_ONLY, "seed": cfg.seed, **h} for h in sft.history]
     for c in d.compare_with:
         kind = f"cross-{c.loss}"
         label = f"student (KD: cached {arm_loss(cfg, kind)})"
-        models.append(_model_row(label, kind, student_size, evals[kind], seconds=arms[kind].train_seconds))
+        models.append(
+            _model_row(label, kind, student_size, evals[kind], speeds[kind], seconds=arms[kind].train_seconds)
+        )
         history += [{"model": label, "seed": cfg.seed, **h} for h in arms[kind].history]
     extra = _extra_params(cfg, distilled.model, teacher.model)
-    models.append(_model_row(name, "distilled", student_size, evals["after"], extra, distilled.train_seconds))
+    models.append(
+        _model_row(
+            name, "distilled", student_size, evals["after"], speeds[d.signal], extra, distilled.train_seconds
+        )
+    )
     return {
         "task": "lm",
         "models": models,
@@ -1059,6 +1133,7 @@ def lm_metrics(
         "objective": _objective_summary(cfg),
         "summary": _lm_summary(models, train["answers"], train["response_tokens"]),
         "examples": _examples(eval_rows, evals["teacher"], evals["before"], evals["after"]),
+        "timing": timing,
         "run": run_record(
             cfg, run.run_dir, run.manifest["started"], t0, seeds=[cfg.seed], device=run.procs.device.type
         ),
@@ -1070,9 +1145,12 @@ def _model_row(
     role: str,
     size: dict[str, int],
     ev: dict[str, Any],
+    speed: dict[str, float],
     extra: int = 0,
     seconds: float | None = None,
 ) -> dict[str, Any]:
+    """One model's row: quality from its evaluation `ev`, speed (latency_ms, tokens_per_s and their spread)
+    from the timing phase."""
     return {
         "name": name,
         "role": role,
@@ -1083,8 +1161,7 @@ def _model_row(
         "bits_per_byte": ev.get("bits_per_byte"),
         "rouge_l": ev.get("rouge_l_f1"),
         "exact_match": ev.get("exact_match"),
-        "latency_ms": 1000 * ev["seconds_per_answer"],
-        "tokens_per_s": ev["new_tokens_per_second"],
+        **speed,
         # the report's quality column: top-1 agreement, or ROUGE-L where tokenizers differ (no agreement)
         "accuracy": ev.get("teacher_agreement")
         if ev.get("teacher_agreement") is not None
