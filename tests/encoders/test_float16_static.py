@@ -133,6 +133,7 @@ def test_the_run_scores_a_float16_student_as_trained_and_as_saved(tmp_path, teac
         "evaluation.spearman_texts=12",
         "evaluation.throughput_texts=16",
         "evaluation.batch_size=16",
+        "evaluation.off_domain=[]",
         "threads=1",
     ]
     cfg = load_config(
@@ -183,4 +184,9 @@ def test_the_run_scores_a_float16_student_as_trained_and_as_saved(tmp_path, teac
     (result.run_dir / "metrics.json").unlink()
     again = run_encoder(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
     assert again.resumed
-    assert again.metrics["models"][-2:] == metrics["models"][-2:]
+    speed = {"texts_per_s", "latency_ms", "speedup"}  # the timing phase runs again in every session
+
+    def quality(rows):
+        return [{k: v for k, v in row.items() if k not in speed} for row in rows]
+
+    assert quality(again.metrics["models"][-2:]) == quality(metrics["models"][-2:])

@@ -247,3 +247,36 @@ def test_static_student_pooled_init_is_the_teacher_embedding_of_each_token(teach
         with torch.no_grad():
             hidden = teacher.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
         assert torch.allclose(student.embedding.weight[token], hidden[0].mean(0), atol=1e-5)
+
+
+def test_static_student_sif_weights_do_not_depend_on_whether_the_teacher_has_run(teacher_dir) -> None:
+    # A fast tokenizer keeps the truncation of its last call in its backend; SIF counts must not inherit it.
+    from kdistill.encoders.models import StaticEmbeddingStudent, load_encoder
+
+    texts = [" ".join(["loop", "class", "module", "yield", "import"] * 30) + f" number {i}" for i in range(8)]
+    fresh = StaticEmbeddingStudent.from_teacher(load_encoder(str(teacher_dir), max_seq_length=16), sif_texts=texts)
+    used = load_encoder(str(teacher_dir), max_seq_length=16)
+    used.encode(texts)  # truncates every text at 16 tokens
+    after_use = StaticEmbeddingStudent.from_teacher(used, sif_texts=texts)
+    torch.testing.assert_close(after_use.embedding.weight, fresh.embedding.weight, rtol=0, atol=0)
+
+
+def test_pooled_start_is_cached_per_teacher_and_equals_computing_it(tmp_path, teacher, monkeypatch) -> None:
+    from kdistill.encoders import models, recipe
+    from kdistill.encoders.models import StaticEmbeddingStudent
+
+    first = recipe.pooled_vectors(teacher, tmp_path)
+    (stored,) = (tmp_path / "static-init").iterdir()
+    assert stored.name == f"{teacher.fingerprint()}-pooled.safetensors"
+
+    def no_second_pass(*_: object, **__: object) -> None:
+        raise AssertionError("the cached vectors should be read back")
+
+    monkeypatch.setattr(models, "pooled_token_vectors", no_second_pass)
+    torch.testing.assert_close(recipe.pooled_vectors(teacher, tmp_path), first, rtol=0, atol=0)
+    monkeypatch.undo()
+    direct = StaticEmbeddingStudent.from_teacher(teacher, init="pooled", dims=8)
+    cached = StaticEmbeddingStudent.from_teacher(teacher, init="pooled", dims=8, token_vectors=first)
+    torch.testing.assert_close(cached.embedding.weight, direct.embedding.weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="token_vectors has 3 rows for 600 tokens"):
+        StaticEmbeddingStudent.from_teacher(teacher, init="pooled", token_vectors=first[:3])

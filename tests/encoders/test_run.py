@@ -18,6 +18,7 @@ _SMALL = [
     "evaluation.spearman_texts=12",
     "evaluation.throughput_texts=16",
     "evaluation.batch_size=16",
+    "evaluation.off_domain=[]",  # the machine's own texts: test_off_domain_run.py
     "threads=1",
 ]
 
@@ -43,7 +44,23 @@ def test_minilm_recipe_runs_end_to_end_in_two_steps_on_a_tiny_teacher(tmp_path, 
     teacher = metrics["models"][0]
     for m in metrics["models"]:
         assert 0 <= m["recall@1"] <= m["recall@10"] <= 1
-        assert m["texts_per_s"] > 0 and m["params"] > 0
+        assert m["params"] > 0
+    # speeds come from one timing phase after training: the trained models in turns, the same 16 texts
+    timing = metrics["timing"]
+    assert set(timing["models"]) == {"teacher", "layers-2", "static"}
+    assert timing["texts"] == 16 and timing["batch_size"] == 16 and timing["max_seq_length"] == 32
+    assert timing["rounds"] == 5 and timing["warmup_rounds"] == 1 and timing["threads"] == 1
+    assert isinstance(timing["busy"], bool) and timing["load"]["cores"] >= 1
+    for m in metrics["models"]:
+        if m["role"] == "before":
+            assert m["texts_per_s"] is None and m["latency_ms"] is None  # the same architecture, not timed again
+            continue
+        times = timing["models"][m["name"]]
+        assert len(times["rounds_ms"]) == 5 and times["min_ms"] <= times["median_ms"] <= times["max_ms"]
+        assert m["texts_per_s"] == pytest.approx(16 / (times["median_ms"] / 1000))
+    assert metrics["models"][2]["speedup"] == pytest.approx(
+        metrics["models"][2]["texts_per_s"] / teacher["texts_per_s"]
+    )
     for m in metrics["models"][1:]:
         assert m["recall@10_kept"] == pytest.approx(m["recall@10"] / teacher["recall@10"])
         assert -1 <= m["spearman_vs_teacher"] <= 1

@@ -48,7 +48,7 @@ def run(
     from kdistill.classic.recipe import run as run_experiment
     from kdistill.detection.config import DetectionRunConfig
     from kdistill.encoders.config import EncoderRunConfig
-    from kdistill.evaluation import results_table
+    from kdistill.evaluation import domain_table, results_table
     from kdistill.generate.run import GenerationError
     from kdistill.lm.config import LMRunConfig
     from kdistill.runs.run_dir import RunBusyError
@@ -94,6 +94,9 @@ def run(
     if result.finished_elsewhere:
         console.print("[dim]the run this one waited for finished it: nothing was trained again[/]")
     console.print(results_table(result.metrics))  # its title is the headline
+    off_domain = domain_table(result.metrics)  # encoder runs scored on other text
+    if off_domain is not None:
+        console.print(off_domain)
     run_dir = result.run_dir.absolute()
     console.print(f"run directory: {run_dir}", soft_wrap=True, highlight=False, markup=False)
     console.print(f"report: {run_dir / 'report.html'}", soft_wrap=True, highlight=False, markup=False)

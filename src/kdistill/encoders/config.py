@@ -150,6 +150,24 @@ class EncoderEvaluationConfig(Strict):
         200, ge=3, description="held-out documents whose pairwise similarities are compared"
     )
     throughput_texts: int = Field(256, ge=1, description="held-out documents timed per model")
+    timing_rounds: int = Field(
+        5, ge=1, description="rounds of the timing phase (after one warm-up round; models timed in turns)"
+    )
+    off_domain: list[Literal["debian_packages", "man_pages", "package_metadata"]] = Field(
+        default_factory=list,
+        description="other kinds of text each model is also scored on (retrieval pairs read from this machine: "
+        "Debian package descriptions, man pages, Python package READMEs); a domain the machine lacks is "
+        "reported as missing",
+    )
+    off_domain_pairs: int = Field(
+        500, ge=10, description="at most this many pairs per off-domain set (seeded sample)"
+    )
+
+    @model_validator(mode="after")
+    def _distinct_domains(self) -> EncoderEvaluationConfig:
+        if len(set(self.off_domain)) != len(self.off_domain):
+            raise ValueError(f"off_domain lists a domain twice: {self.off_domain}")
+        return self
 
 
 class EncoderRunConfig(RunConfigBase):

@@ -649,6 +649,7 @@ class StaticEmbeddingStudent(nn.Module):
         sif_a: float = 1e-3,
         normalize: bool | None = None,
         batch_size: int = 256,
+        token_vectors: Tensor | None = None,
     ) -> StaticEmbeddingStudent:
         """A static student with the teacher's tokenizer and vectors initialised from the teacher.
 
@@ -656,11 +657,16 @@ class StaticEmbeddingStudent(nn.Module):
         embedding of each token alone (the model2vec recipe: [CLS] t [SEP] through the whole teacher,
         pooled, not normalised; one forward per vocabulary entry, batched). dims: PCA-reduce to this width
         (`pca_reduce`), else keep the teacher's. sif_texts: fold SIF weights estimated on these texts
-        into the vectors (after PCA). normalize: default the teacher's.
+        into the vectors (after PCA). normalize: default the teacher's. token_vectors: the "pooled" vectors
+        computed earlier by `pooled_token_vectors` (a cache), instead of computing them again.
         """
         from tokenizers import Tokenizer
 
         backend = Tokenizer.from_str(teacher.tokenizer.backend_tokenizer.to_str())
+        # The teacher's backend keeps the truncation of its last call (128 tokens after any encode): SIF
+        # frequencies would then depend on whether the teacher had run yet. The student reads whole texts.
+        backend.no_truncation()
+        backend.no_padding()
         vocab = backend.get_vocab_size()
         if init == "input":
             weight = teacher.model.get_input_embeddings().weight.detach()
@@ -668,7 +674,12 @@ class StaticEmbeddingStudent(nn.Module):
                 raise ValueError(f"the teacher has {weight.shape[0]} input embeddings for {vocab} tokens")
             vectors = weight[:vocab].float().clone()
         elif init == "pooled":
-            vectors = _pooled_token_vectors(teacher, vocab, batch_size)
+            vectors = (
+                token_vectors if token_vectors is not None else pooled_token_vectors(teacher, batch_size)
+            )
+            if vectors.shape[0] != vocab:
+                raise ValueError(f"token_vectors has {vectors.shape[0]} rows for {vocab} tokens")
+            vectors = vectors.float().clone()
         else:
             raise ValueError(f"init must be 'input' or 'pooled', got {init!r}")
         if dims is not None:
@@ -690,8 +701,12 @@ def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int
 
 
 @torch.inference_mode()
-def _pooled_token_vectors(teacher: TextEncoder, vocab: int, batch_size: int) -> Tensor:
-    # every token as its own text: the model's special tokens around one id, pooled, not normalised
+def pooled_token_vectors(teacher: TextEncoder, batch_size: int = 256) -> Tensor:
+    """The teacher's embedding of every vocabulary token as its own text ([CLS] t [SEP] for BERT), pooled,
+    not normalised: (vocab, D) float32, model2vec's starting point. One forward per token, batched."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_str(teacher.tokenizer.backend_tokenizer.to_str()).get_vocab_size()
     tok = teacher.tokenizer
     prefix, suffix = _special_tokens_around(tok)
     rows = [[*prefix, i, *suffix] for i in range(vocab)]

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from kdistill.encoders.cache import CacheReport, TeacherEmbeddings
+    from kdistill.encoders.domains import DomainPairs
     from kdistill.encoders.models import TextEncoder
 
 
@@ -86,14 +87,25 @@ def run_encoder(
             cache, cache_report = embed_training_texts(
                 teacher, data, cache_root or default_cache_root(), cfg.evaluation.batch_size, logger
             )
-            held_out = HeldOutEvaluation(data, teacher, cfg.evaluation, logger)
+            held_out = HeldOutEvaluation(data, teacher, cfg.evaluation, logger, cfg.corpus.split_seed)
             manifest |= inputs_record(cfg, teacher_path, teacher, data, held_out, cache_report)
             write_manifest(run_dir, manifest)
             teacher_eval = held_out.cached(run_dir / "eval_teacher.json", teacher, "teacher")
             pairs = list(data.train.items())
-            session = StudentSession(run_dir, teacher, cache, pairs, held_out, logger, cfg.seed, stop_after)
+            session = StudentSession(
+                run_dir,
+                teacher,
+                cache,
+                pairs,
+                held_out,
+                logger,
+                cfg.seed,
+                stop_after,
+                cache_root or default_cache_root(),
+            )
             outcomes = [distil_student(spec, session) for spec in cfg.students]
-            metrics = encoder_metrics(cfg, data, held_out, teacher_eval, outcomes)
+            timing = time_encoders(teacher, outcomes, held_out, cfg.evaluation, logger)
+            metrics = encoder_metrics(cfg, data, held_out, teacher_eval, outcomes, timing)
             metrics["run"] = run_record(cfg, run_dir, manifest["started"], t0, seeds=[cfg.seed], device="cpu")
         from kdistill.evaluation import write_report
 
@@ -177,10 +189,15 @@ def check_students(cfg: EncoderRunConfig, teacher: TextEncoder) -> None:
 
 
 def build_student(
-    spec: EncoderStudentConfig, teacher: TextEncoder, train_texts: list[str], seed: int
+    spec: EncoderStudentConfig,
+    teacher: TextEncoder,
+    train_texts: list[str],
+    seed: int,
+    cache_root: Path | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The untrained student a spec describes and how it was made; deterministic, so a resumed run
-    rebuilds the same one."""
+    rebuilds the same one. A static student's pooled start is kept under `cache_root` (one pass of the
+    teacher over its whole vocabulary, reused by every run and resume with the same teacher)."""
     from kdistill.encoders.models import (
         StaticEmbeddingStudent,
         choose_encoder_layers,
@@ -200,8 +217,13 @@ def build_student(
         student = cut_layers(teacher, keep)
         return student, info | {"kept_layers": sorted(k % teacher.num_layers for k in keep)}
     if spec.kind == "static":
+        vectors = pooled_vectors(teacher, cache_root) if spec.init == "pooled" and cache_root else None
         student = StaticEmbeddingStudent.from_teacher(
-            teacher, dims=spec.dims, init=spec.init, sif_texts=train_texts if spec.sif else None
+            teacher,
+            dims=spec.dims,
+            init=spec.init,
+            sif_texts=train_texts if spec.sif else None,
+            token_vectors=vectors,
         )
         return student, {"vocab_size": student.embedding.num_embeddings, "dims": student.embedding_dim}
     student = encoder_from_config(
@@ -213,6 +235,23 @@ def build_student(
         seed=seed,
     )
     return student, {}
+
+
+def pooled_vectors(teacher: TextEncoder, cache_root: Path) -> torch.Tensor:
+    """`pooled_token_vectors` of the teacher, computed once per teacher fingerprint and kept as safetensors
+    under cache_root/static-init (written atomically, so a killed run leaves no half file)."""
+    from safetensors.torch import load_file
+
+    from kdistill.encoders.models import pooled_token_vectors
+    from kdistill.io import atomic_save_safetensors
+
+    path = cache_root / "static-init" / f"{teacher.fingerprint()}-pooled.safetensors"
+    if path.is_file():
+        return load_file(str(path))["vectors"]
+    vectors = pooled_token_vectors(teacher)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save_safetensors(path, {"vectors": vectors.contiguous()})
+    return vectors
 
 
 def load_teacher(cfg: EncoderRunConfig, path: str) -> TextEncoder:
@@ -247,22 +286,41 @@ def embed_training_texts(
     return cache, report
 
 
+def off_domain_sets(ev: EncoderEvaluationConfig, seed: int) -> tuple[dict[str, DomainPairs], dict[str, str]]:
+    """The off-domain retrieval pairs the config asks for, and why any of them is missing on this machine."""
+    from kdistill.encoders.domains import DomainUnavailable, domain_pairs
+
+    found, missing = {}, {}
+    for name in ev.off_domain:
+        try:
+            found[name] = domain_pairs(name, limit=ev.off_domain_pairs, seed=seed)
+        except DomainUnavailable as err:
+            missing[name] = str(err)
+    return found, missing
+
+
 class HeldOutEvaluation:
     """Every model scored the same way: recall@1/@10 on the held-out pairs, Spearman of its pairwise
     similarities against the teacher's, texts/s, parameters and bytes, at one batch size and thread count."""
 
     def __init__(
-        self, data: EncoderData, teacher: TextEncoder, ev: EncoderEvaluationConfig, logger: RunLogger
+        self,
+        data: EncoderData,
+        teacher: TextEncoder,
+        ev: EncoderEvaluationConfig,
+        logger: RunLogger,
+        seed: int = 0,
     ) -> None:
         self.queries, self.documents = data.queries, data.documents
         self.spearman_texts = data.documents[: ev.spearman_texts]
         self.timed_texts = data.documents[: ev.throughput_texts]
         self.batch_size, self.threads, self.logger = ev.batch_size, ev.threads, logger
+        self.domains, self.missing_domains = off_domain_sets(ev, seed)
         with torch.inference_mode():
             self.teacher_spearman = teacher.encode(self.spearman_texts, batch_size=ev.batch_size)
 
     def __call__(self, model: Any, label: str, saved_dir: Path | None = None) -> dict[str, Any]:
-        from kdistill.encoders.evaluate import encode_throughput, footprint, recall_at_k, similarity_spearman
+        from kdistill.encoders.evaluate import footprint, recall_at_k, similarity_spearman
 
         spinner = self.logger.job("eval-" + label.replace(" ", "-"), f"eval: {label}")
         with torch.inference_mode():
@@ -270,10 +328,16 @@ class HeldOutEvaluation:
             d = model.encode(self.documents, batch_size=self.batch_size)
             s = model.encode(self.spearman_texts, batch_size=self.batch_size)
         result = recall_at_k(q, d, ks=(1, 10))
+        with torch.inference_mode():
+            result["domains"] = {
+                name: recall_at_k(
+                    model.encode(pairs.queries, batch_size=self.batch_size),
+                    model.encode(pairs.documents, batch_size=self.batch_size),
+                    ks=(1, 10),
+                )
+                for name, pairs in self.domains.items()
+            }
         result["spearman_vs_teacher"] = similarity_spearman(s, self.teacher_spearman)
-        result["texts_per_s"] = encode_throughput(
-            model, self.timed_texts, batch_size=self.batch_size, threads=self.threads
-        )
         size = footprint(model, saved_dir)
         result["params"], result["size_bytes"] = size["parameters"], size["state_bytes"]
         if "saved_bytes" in size:
@@ -303,6 +367,8 @@ def inputs_record(
             "held_out_pairs": len(data.queries),
             "spearman_texts": len(held_out.spearman_texts),
             "throughput_texts": len(held_out.timed_texts),
+            "off_domain_pairs": {name: len(pairs) for name, pairs in held_out.domains.items()},
+            "off_domain_missing": held_out.missing_domains,
         },
         "teacher_embeddings": {"dir": str(cache_report.store_dir), "key": cache_report.key},
     }
@@ -320,6 +386,7 @@ class StudentSession:
     logger: RunLogger
     seed: int
     stop_after: int | None  # stop each training after this many steps (how tests simulate a kill)
+    cache_root: Path | None = None  # where reusable starts live (a static student's pooled vectors)
 
 
 @dataclass(frozen=True)
@@ -331,6 +398,7 @@ class StudentOutcome:
     out_dir: Path
     done: dict[str, Any]
     after: dict[str, Any]
+    model: Any  # the trained student (the timing phase runs it)
     saved: dict[str, Any] | None = None
 
 
@@ -350,7 +418,7 @@ def distil_student(spec: EncoderStudentConfig, s: StudentSession) -> StudentOutc
     saved = None
     if spec.save_dtype != "float32":
         saved = cached_json(job / "eval_saved.json", lambda: _evaluate_as_saved(spec, s, out_dir))
-    return StudentOutcome(spec, out_dir, done, after, saved)
+    return StudentOutcome(spec, out_dir, done, after, student, saved)
 
 
 def _evaluate_as_saved(spec: EncoderStudentConfig, s: StudentSession, out_dir: Path) -> dict[str, Any]:
@@ -377,7 +445,7 @@ def train_student(
 
     job.mkdir(parents=True, exist_ok=True)
     build = s.logger.job(f"build-{spec.name}", f"build: {spec.name} ({spec.kind})")
-    student, made = build_student(spec, s.teacher, [t for _, t in s.train_pairs], s.seed)
+    student, made = build_student(spec, s.teacher, [t for _, t in s.train_pairs], s.seed, s.cache_root)
     build.done()
     before = s.held_out.cached(job / "eval_before.json", student, f"{spec.name} before")
     steps = planned_steps(spec.train, len(s.train_pairs))
@@ -423,21 +491,58 @@ def train_student(
     return student, done
 
 
+def time_encoders(
+    teacher: TextEncoder,
+    outcomes: list[StudentOutcome],
+    held_out: HeldOutEvaluation,
+    ev: EncoderEvaluationConfig,
+    logger: RunLogger,
+) -> dict[str, Any]:
+    """The timing phase: the teacher and every trained student encode the same held-out texts at the same
+    batch size and thread count, in turns, after a warm-up round (kdistill.runs.timing); metrics["timing"],
+    with texts/s per model under "texts_per_s"."""
+    from kdistill.runs.timing import time_models
+
+    texts = list(held_out.timed_texts)
+    models = {"teacher": teacher} | {o.spec.name: o.model for o in outcomes}
+    spinner = logger.job("timing", f"timing: {len(models)} models x {ev.timing_rounds} rounds")
+    with torch.inference_mode():
+        phase = time_models(
+            {name: lambda m=m: m.encode(texts, batch_size=ev.batch_size) for name, m in models.items()},
+            rounds=ev.timing_rounds,
+            threads=ev.threads,
+        )
+    spinner.done()
+    record = phase.record(
+        texts=len(texts),
+        batch_size=ev.batch_size,
+        max_seq_length=teacher.max_seq_length,
+        sequence_note="teacher and transformer students truncate at max_seq_length; static students read "
+        "whole texts (no limit), so their texts/s is if anything understated",
+    )
+    record["texts_per_s"] = {name: len(texts) / t.median_s for name, t in phase.models.items()}
+    return record
+
+
 def encoder_metrics(
     cfg: EncoderRunConfig,
     data: EncoderData,
     held_out: HeldOutEvaluation,
     teacher_eval: dict[str, Any],
     outcomes: list[StudentOutcome],
+    timing: dict[str, Any],
 ) -> dict[str, Any]:
-    """metrics.json without its `run` block: one row per model, the training histories, the students."""
+    """metrics.json without its `run` block: one row per model, the training histories, the students; the
+    speed of the teacher and each trained student comes from the timing phase (`time_encoders`)."""
+    speed = timing["texts_per_s"]
+    teacher_eval = teacher_eval | {"texts_per_s": speed["teacher"]}
     models = [_model_row("teacher", "teacher", "teacher", teacher_eval, None)]
     history: list[dict[str, Any]] = []
     students: dict[str, Any] = {}
     for o in outcomes:
         name, done = o.spec.name, o.done
         models.append(_model_row(f"{name} (before)", "before", o.spec.kind, done["before"], teacher_eval))
-        row = _model_row(name, "distilled", o.spec.kind, o.after, teacher_eval)
+        row = _model_row(name, "distilled", o.spec.kind, o.after | {"texts_per_s": speed[name]}, teacher_eval)
         row["extra_params"] = done["extra_params"]
         row["train_seconds"] = done["train_seconds"]
         models.append(row)
@@ -459,12 +564,18 @@ def encoder_metrics(
         "history": history,
         "students": students,
         "summary": _encoder_summary(models, len(data.train), len(data.queries)),
+        "timing": timing,
         "evaluation": {
             "batch_size": held_out.batch_size,
-            "threads": held_out.threads or torch.get_num_threads(),
+            "threads": timing["threads"],
             "pairs": len(data.queries),
             "spearman_texts": len(held_out.spearman_texts),
             "throughput_texts": len(held_out.timed_texts),
+            "off_domain": {
+                name: {"pairs": len(pairs), "source": pairs.source}
+                for name, pairs in held_out.domains.items()
+            },
+            "off_domain_missing": held_out.missing_domains,
         },
     }
 
@@ -473,27 +584,48 @@ def _model_row(
     name: str, role: str, kind: str, result: dict[str, Any], teacher: dict[str, Any] | None
 ) -> dict:
     row = {"name": name, "role": role, "kind": kind, **result}
-    row["latency_ms"] = 1000.0 / result["texts_per_s"] if result["texts_per_s"] else None
+    # timed models only (the timing phase): a "before" row shares its trained model's architecture
+    texts_per_s = result.get("texts_per_s")
+    row["texts_per_s"] = texts_per_s
+    row["latency_ms"] = 1000.0 / texts_per_s if texts_per_s else None
     row["accuracy"] = result["recall@10"]  # the quality axis of the trade-off plot
     row["accuracy_std"] = 0.0
+    row["off_domain_recall@10"] = off_domain_recall(result)
     if teacher is not None and teacher["recall@10"]:
         row["recall@10_kept"] = result["recall@10"] / teacher["recall@10"]
-        row["speedup"] = result["texts_per_s"] / teacher["texts_per_s"]
+        row["speedup"] = texts_per_s / teacher["texts_per_s"] if texts_per_s else None
+        teacher_off = off_domain_recall(teacher)
+        if row["off_domain_recall@10"] is not None and teacher_off:
+            row["off_domain_kept"] = row["off_domain_recall@10"] / teacher_off
     return row
+
+
+def off_domain_recall(result: dict[str, Any]) -> float | None:
+    """Mean recall@10 over the off-domain sets (each domain weighs the same, whatever its size); None without."""
+    domains = result.get("domains") or {}
+    return sum(d["recall@10"] for d in domains.values()) / len(domains) if domains else None
 
 
 def _encoder_summary(models: list[dict[str, Any]], train_texts: int, pairs: int) -> dict[str, Any]:
     teacher = models[0]
     parts, summary = [], {"train_texts": train_texts, "held_out_pairs": pairs}
+    before = {m["name"].removesuffix(" (before)"): m for m in models if m["role"] == "before"}
     for m in models:
         if m["role"] != "distilled":
             continue
         ratio = teacher["params"] / m["params"] if m["params"] else float("nan")
-        parts.append(
-            f"{m['name']} keeps {m['recall@10_kept']:.0%} of the teacher's recall@10 "
-            f"({m['recall@10']:.3f} vs {teacher['recall@10']:.3f}) at {m['speedup']:.1f}x its throughput "
-            f"with {ratio:.1f}x fewer parameters"
+        part = (
+            f"{m['name']} keeps {m['recall@10_kept']:.0%} of the teacher's recall@10 in-domain "
+            f"({m['recall@10']:.3f} vs {teacher['recall@10']:.3f})"
         )
+        off, start = m.get("off_domain_recall@10"), before.get(m["name"], {}).get("off_domain_recall@10")
+        if off is not None and "off_domain_kept" in m:
+            part += f", {m['off_domain_kept']:.0%} off-domain ({off:.3f}"
+            part += f"; {start:.3f} before training)" if start is not None else ")"
+            summary[f"{m['name']}: off-domain recall@10 kept"] = m["off_domain_kept"]
+            if start is not None:
+                summary[f"{m['name']}: off-domain recall@10 change from its start"] = off - start
+        parts.append(f"{part} at {m['speedup']:.1f}x its throughput with {ratio:.1f}x fewer parameters")
         summary[f"{m['name']}: recall@10 kept"] = m["recall@10_kept"]
         summary[f"{m['name']}: speedup"] = m["speedup"]
     summary["headline"] = "; ".join(parts) if parts else f"teacher recall@10 {teacher['recall@10']:.3f}"

@@ -10,6 +10,7 @@ from kdistill.evaluation.metrics import (
 )
 from kdistill.evaluation.report import (
     RESULT_COLUMNS,
+    domain_table,
     plot_learning_curves,
     plot_tradeoff,
     results_rows,
@@ -22,6 +23,7 @@ __all__ = [
     "accuracy",
     "agreement",
     "count_parameters",
+    "domain_table",
     "latency_ms_per_sample",
     "mean_std",
     "plot_learning_curves",

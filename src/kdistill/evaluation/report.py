@@ -429,6 +429,45 @@ def _plain_results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def domain_rows(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    """Encoder runs scored off-domain: (columns, one row per model with recall@10 per domain, their mean and
+    the mean's share of the teacher's, a note naming the domains this machine lacked); empty without."""
+    evaluation = metrics.get("evaluation") or {}
+    found, missing = list(evaluation.get("off_domain") or {}), evaluation.get("off_domain_missing") or {}
+    note = "; ".join(str(reason) for reason in missing.values())
+    if not found:
+        return [], [], note
+    teacher_mean = _number((_teacher(metrics) or {}).get("off_domain_recall@10"))
+    rows = []
+    for model in _models_teacher_first(metrics):
+        domains = model.get("domains") or {}
+        mean = _number(model.get("off_domain_recall@10"))
+        cells = [f"{domains[d]['recall@10']:.3f}" if d in domains else _MISSING for d in found]
+        kept = _format_percent(mean / teacher_mean) if mean is not None and teacher_mean else _MISSING
+        rows.append([str(model.get("name", "")), *cells, _MISSING if mean is None else f"{mean:.3f}", kept])
+    pairs = [f"{d} ({evaluation['off_domain'][d].get('pairs', '?')} pairs)" for d in found]
+    return ["model", *pairs, "mean", "of teacher"], rows, note
+
+
+def domain_table(metrics: Mapping[str, Any]) -> Table | None:
+    """recall@10 off the distillation domain, per model, for the terminal; None when the run had none."""
+    columns, rows, note = domain_rows(metrics)
+    if not rows:
+        return None
+    table = Table(
+        title=Text("recall@10 on text unlike the distillation text"),
+        caption=Text(f"not scored: {note}") if note else None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for i, column in enumerate(columns):
+        table.add_column(Text(column), justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
 def results_table(metrics: Mapping[str, Any]) -> Table:
     """The results as a rich Table for the terminal (the caller decides where to print it)."""
     headline, timing = _headline(metrics), timing_line(metrics)
@@ -677,6 +716,13 @@ def _html_page(
         css = "meta timing busy" if timing_busy(metrics) else "meta timing"
         parts.append(f'<p class="{css}">{html.escape(timing)}</p>')
     parts += _reasoning_tables(metrics.get("reasoning"))
+    domain_columns, domain_cells, missing = domain_rows(metrics)
+    if domain_cells or missing:
+        parts.append("<h2>Off-domain retrieval (recall@10)</h2>")
+    if domain_cells:
+        parts.append(_html_table(domain_columns, domain_cells, numeric_from=1))
+    if missing:
+        parts.append(f'<p class="meta">not scored: {html.escape(missing)}</p>')
     other_numbers = [[str(key), _format_value(value)] for key, value in summary.items() if key != "headline"]
     if other_numbers:
         parts.append(_html_table(["summary", "value"], other_numbers, numeric_from=1, css_class="small"))
