@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from kdistill.lm.degeneration import degeneration
 from kdistill.lm.evaluate import (
     bits_per_byte,
     evaluate_student,
@@ -131,7 +132,8 @@ def test_timed_generation_makes_every_answer_the_same_length_and_cuts_prompts_al
     first = int(tiny_model(torch.tensor([prompt])).logits[0, -1].argmax())
     stopper = copy.deepcopy(tokenizer)
     stopper.eos_token = stopper.convert_ids_to_tokens(first)  # greedy decoding stops after one token
-    assert generate_answers(tiny_model, stopper, rows[:1], max_new_tokens=6).new_tokens == [1]
+    stopped = generate_answers(tiny_model, stopper, rows[:1], max_new_tokens=6)
+    assert stopped.new_tokens == [1] and stopped.hit_limit == [False]  # it ended: not cut
 
     shapes = []
     generate = tiny_model.generate
@@ -158,6 +160,11 @@ def test_evaluate_student_reports_every_metric(tiny_model, tokenizer, rows):
     assert result["rows"] == 4 and result["answers"] == own.texts
     assert result["perplexity"] == pytest.approx(math.exp(result["nll_per_token"]))
     assert result["seconds_per_answer"] > 0 and result["new_tokens_per_second"] > 0
+    # its own answers read as degeneration.degeneration reads them; cut = all 12 tokens used, no eos
+    cut = [n == 12 for n in own.new_tokens]  # (none of these answers ends with eos exactly at token 12)
+    assert own.hit_limit == cut
+    expected = degeneration(own.texts, cut)
+    assert {k: result[k] for k in expected} == expected
     result = evaluate_student(tiny_model, tokenizer, rows[:4], generate=False)
     assert "rouge_l_f1" not in result and "teacher_agreement" not in result and result["perplexity"] > 1
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from kdistill.lm.degeneration import degeneration
 from kdistill.lm.models import backbone_and_head
 from kdistill.lm.sft_data import (
     IGNORE_INDEX,
@@ -227,6 +228,7 @@ class Generations:
     texts: list[str]  # decoded answers, special tokens removed
     new_tokens: list[int]  # generated tokens per answer, its eos included
     seconds: float  # wall time inside generate(), all batches
+    hit_limit: list[bool] = field(default_factory=list)  # used every allowed new token without an eos
 
 
 def _left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +307,7 @@ def generate_answers(
     device = _device(model)
     was_training = model.training
     model.eval()
-    texts, counts, seconds = [], [], 0.0
+    texts, counts, cut, seconds = [], [], [], 0.0
     try:
         for start in range(0, len(rows), batch_size):
             prompts = [encode_prompt(tokenizer, row) for row in rows[start : start + batch_size]]
@@ -325,10 +327,11 @@ def generate_answers(
             for new in output[:, width:].cpu().tolist():
                 length = new.index(eos) + 1 if eos in new else len(new)  # rows that stopped early are padded
                 counts.append(length)
+                cut.append(eos not in new[:length] and length >= max_new_tokens)
                 texts.append(tokenizer.decode(new[:length], skip_special_tokens=True))
     finally:
         model.train(was_training)
-    return Generations(texts=texts, new_tokens=counts, seconds=seconds)
+    return Generations(texts=texts, new_tokens=counts, seconds=seconds, hit_limit=cut)
 
 
 def evaluate_student(
@@ -373,4 +376,5 @@ def evaluate_student(
             "threads": torch.get_num_threads(),
             "answers": gen.texts,
         }
+        result |= degeneration(gen.texts, gen.hit_limit)  # does its own text read well (loops, cut answers)?
     return result

@@ -1161,6 +1161,10 @@ def _model_row(
         "bits_per_byte": ev.get("bits_per_byte"),
         "rouge_l": ev.get("rouge_l_f1"),
         "exact_match": ev.get("exact_match"),
+        # its own answers (held-out prompts): loops and cut answers that agreement on teacher text hides
+        "repeated_4gram_rate": ev.get("repeated_4gram_rate"),
+        "distinct_2": ev.get("distinct_2"),
+        "hit_max_tokens": ev.get("hit_max_tokens"),
         **speed,
         # the report's quality column: top-1 agreement, or ROUGE-L where tokenizers differ (no agreement)
         "accuracy": ev.get("teacher_agreement")
