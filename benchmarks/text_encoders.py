@@ -14,8 +14,10 @@ One process, one machine, the same evaluation for every model:
   geometry   Spearman correlation between each model's and the teacher's cosine similarities of all pairs of
              200 held-out documents.
   speed      texts/s encoding 256 held-out documents (tokenisation included) at batch size 32 and the same
-             torch thread count, median of 3 passes; the models are timed back to back, `--rounds` times in
-             alternation, in this process (the run's own figures, taken while it trained, are in its report).
+             torch thread count, with kdistill's timing phase (kdistill.runs.timing): one warm-up round, then
+             `--rounds` rounds with the models in turns, median per model, other processes' CPU use recorded.
+  off-domain recall@10 on the recipe's evaluation.off_domain sets (kdistill.encoders.domains), every model
+             scored in this process, the students' untrained starts rebuilt as the recipe builds them.
 
 Targets (issue 6): static >= 85% of the teacher's recall@10 at >= 100x its throughput and above model2vec at
 comparable throughput; 2-layer >= 95% of the teacher's recall@10 at >= 3x. They are reported, met or not.
@@ -32,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -91,19 +92,6 @@ class Model2VecEncoder:
         return torch.from_numpy(out).float()
 
 
-def timed_throughputs(
-    models: dict[str, Any], texts: list[str], batch_size: int, threads: int, rounds: int
-) -> dict:
-    """texts/s per model: `rounds` alternating rounds of kdistill's encode_throughput (median of 3 passes)."""
-    from kdistill.encoders import encode_throughput
-
-    per_round: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            per_round[name].append(encode_throughput(model, texts, batch_size=batch_size, threads=threads))
-    return {name: {"median": statistics.median(v), "rounds": v} for name, v in per_round.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,9 +121,10 @@ def main() -> None:
     from kdistill.config import load_config
     from kdistill.encoders import load_encoder, load_saved_encoder, recall_at_k, similarity_spearman
     from kdistill.encoders.domains import domain_pairs
-    from kdistill.encoders.recipe import build_encoder_data, run_encoder
+    from kdistill.encoders.recipe import build_encoder_data, build_student, run_encoder
     from kdistill.evaluation import results_table
-    from kdistill.runs.locations import resolve_model_ref
+    from kdistill.runs.locations import default_cache_root, resolve_model_ref
+    from kdistill.runs.timing import time_models
 
     threads = args.threads or torch.get_num_threads()
     console = Console()
@@ -193,12 +182,35 @@ def main() -> None:
                 )["recall@10"]
                 for domain, pairs in domains.items()
             }
-    # the students before training, as the run scored them (the same pairs: same config, same machine)
-    for row in run_metrics["models"]:
-        if row["role"] == "before" and set(OFF_DOMAIN) <= set(row.get("domains", {})):
-            quality[row["name"]] = {k: row[k] for k in ("recall@1", "recall@10", "spearman_vs_teacher")}
-            off_domain[row["name"]] = {d: row["domains"][d]["recall@10"] for d in OFF_DOMAIN}
-    speed = timed_throughputs(models, timed_texts, ev.batch_size, threads, args.rounds)
+        # the students before training, rebuilt as the recipe builds them (deterministic) and scored here: the
+        # run's own "before" rows saw package_metadata pairs of *its* environment, not of this one
+        train_texts = list(data.train.values())
+        for spec in cfg.students:
+            start_model, _ = build_student(spec, teacher, train_texts, cfg.seed, default_cache_root())
+            name = f"{spec.name} (before)"
+            q = start_model.encode(data.queries, batch_size=ev.batch_size)
+            d = start_model.encode(data.documents, batch_size=ev.batch_size)
+            s = start_model.encode(spearman_texts, batch_size=ev.batch_size)
+            quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
+                "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
+            }
+            off_domain[name] = {
+                domain: recall_at_k(
+                    start_model.encode(pairs.queries, batch_size=ev.batch_size),
+                    start_model.encode(pairs.documents, batch_size=ev.batch_size),
+                    ks=(10,),
+                )["recall@10"]
+                for domain, pairs in domains.items()
+            }
+    phase = time_models(
+        {name: lambda m=m: m.encode(timed_texts, batch_size=ev.batch_size) for name, m in models.items()},
+        rounds=args.rounds,
+        threads=threads,
+    )
+    speed = {
+        name: {"median": len(timed_texts) / t.median_s, "rounds": [len(timed_texts) / x for x in t.seconds]}
+        for name, t in phase.models.items()
+    }
     t_recall, t_speed = quality["teacher"]["recall@10"], speed["teacher"]["median"]
     rows = []
     for name in quality:
@@ -249,6 +261,7 @@ def main() -> None:
         "pairs": len(data.queries),
         "off_domain_pairs": {name: {"pairs": len(p), "source": p.source} for name, p in domains.items()},
         "batch_size": ev.batch_size,
+        "timing": phase.record(texts=len(timed_texts), batch_size=ev.batch_size),
         "rows": rows,
         "static_vs_model2vec_throughput": by["static"]["texts_per_s"] / by["model2vec"]["texts_per_s"],
         "targets": targets,
@@ -277,6 +290,9 @@ def render(out: dict[str, Any]) -> str:
         )
     lines.append("")
     lines += [f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in out["targets"].items()]
+    lines.append(
+        f"- timing ({out['timing']['rounds']} rounds in turns): {out['timing']['load']['description']}"
+    )
     lines.append(
         f"- static / model2vec throughput: {out['static_vs_model2vec_throughput']:.2f}; "
         f"model2vec distill {out['model2vec_distill_seconds']:.0f} s; recipe {out['recipe_wall_seconds'] / 60:.1f} min"
