@@ -202,7 +202,8 @@ def time_models(
     measured: dict[str, list[float]] = {name: [] for name in calls}
     with torch_threads(threads) if threads is not None else contextlib.nullcontext():
         used_threads = torch.get_num_threads()
-        window_start, before = time.monotonic(), sample()
+        before = sample()
+        window_start = time.monotonic()  # after the sample: the two samples end up >= min_window_s apart
         for r in range(warmup_rounds + rounds):
             for name, call in order if r % 2 == 0 else order[::-1]:
                 start = clock()
@@ -210,7 +211,8 @@ def time_models(
                     call()
                 if r >= warmup_rounds:
                     measured[name].append((clock() - start) / repeats)
-        time.sleep(max(0.0, min_window_s - (time.monotonic() - window_start)))
+        while (left := min_window_s - (time.monotonic() - window_start)) > 0:
+            time.sleep(left)  # sleep may return a little early: loop until the window is over
         after = sample()
     load = _machine_load(
         before,
