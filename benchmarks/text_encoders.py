@@ -165,43 +165,36 @@ def main() -> None:
         name: domain_pairs(name, limit=ev.off_domain_pairs, seed=cfg.corpus.split_seed) for name in OFF_DOMAIN
     }
     off_domain: dict[str, dict[str, float]] = {}
+
+    def score(name: str, model: Any) -> None:
+        """recall@1/@10 and Spearman on the recipe's pairs, recall@10 on every off-domain set."""
+        q = model.encode(data.queries, batch_size=ev.batch_size)
+        d = model.encode(data.documents, batch_size=ev.batch_size)
+        s = model.encode(spearman_texts, batch_size=ev.batch_size)
+        quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
+            "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
+        }
+        off_domain[name] = {
+            domain: recall_at_k(
+                model.encode(pairs.queries, batch_size=ev.batch_size),
+                model.encode(pairs.documents, batch_size=ev.batch_size),
+                ks=(10,),
+            )["recall@10"]
+            for domain, pairs in domains.items()
+        }
+
     with torch.inference_mode():
         teacher_pairs = teacher.encode(spearman_texts, batch_size=ev.batch_size)
         for name, model in models.items():
-            q = model.encode(data.queries, batch_size=ev.batch_size)
-            d = model.encode(data.documents, batch_size=ev.batch_size)
-            s = model.encode(spearman_texts, batch_size=ev.batch_size)
-            quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
-                "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
-            }
-            off_domain[name] = {
-                domain: recall_at_k(
-                    model.encode(pairs.queries, batch_size=ev.batch_size),
-                    model.encode(pairs.documents, batch_size=ev.batch_size),
-                    ks=(10,),
-                )["recall@10"]
-                for domain, pairs in domains.items()
-            }
+            score(name, model)
         # the students before training, rebuilt as the recipe builds them (deterministic) and scored here: the
         # run's own "before" rows saw package_metadata pairs of *its* environment, not of this one
         train_texts = list(data.train.values())
         for spec in cfg.students:
-            start_model, _ = build_student(spec, teacher, train_texts, cfg.seed, default_cache_root())
-            name = f"{spec.name} (before)"
-            q = start_model.encode(data.queries, batch_size=ev.batch_size)
-            d = start_model.encode(data.documents, batch_size=ev.batch_size)
-            s = start_model.encode(spearman_texts, batch_size=ev.batch_size)
-            quality[name] = recall_at_k(q, d, ks=(1, 10)) | {
-                "spearman_vs_teacher": similarity_spearman(s, teacher_pairs)
-            }
-            off_domain[name] = {
-                domain: recall_at_k(
-                    start_model.encode(pairs.queries, batch_size=ev.batch_size),
-                    start_model.encode(pairs.documents, batch_size=ev.batch_size),
-                    ks=(10,),
-                )["recall@10"]
-                for domain, pairs in domains.items()
-            }
+            score(
+                f"{spec.name} (before)",
+                build_student(spec, teacher, train_texts, cfg.seed, default_cache_root())[0],
+            )
     phase = time_models(
         {name: lambda m=m: m.encode(timed_texts, batch_size=ev.batch_size) for name, m in models.items()},
         rounds=args.rounds,
