@@ -254,7 +254,9 @@ def test_static_student_sif_weights_do_not_depend_on_whether_the_teacher_has_run
     from kdistill.encoders.models import StaticEmbeddingStudent, load_encoder
 
     texts = [" ".join(["loop", "class", "module", "yield", "import"] * 30) + f" number {i}" for i in range(8)]
-    fresh = StaticEmbeddingStudent.from_teacher(load_encoder(str(teacher_dir), max_seq_length=16), sif_texts=texts)
+    fresh = StaticEmbeddingStudent.from_teacher(
+        load_encoder(str(teacher_dir), max_seq_length=16), sif_texts=texts
+    )
     used = load_encoder(str(teacher_dir), max_seq_length=16)
     used.encode(texts)  # truncates every text at 16 tokens
     after_use = StaticEmbeddingStudent.from_teacher(used, sif_texts=texts)

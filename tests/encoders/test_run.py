@@ -53,7 +53,9 @@ def test_minilm_recipe_runs_end_to_end_in_two_steps_on_a_tiny_teacher(tmp_path, 
     assert isinstance(timing["busy"], bool) and timing["load"]["cores"] >= 1
     for m in metrics["models"]:
         if m["role"] == "before":
-            assert m["texts_per_s"] is None and m["latency_ms"] is None  # the same architecture, not timed again
+            assert (
+                m["texts_per_s"] is None and m["latency_ms"] is None
+            )  # the same architecture, not timed again
             continue
         times = timing["models"][m["name"]]
         assert len(times["rounds_ms"]) == 5 and times["min_ms"] <= times["median_ms"] <= times["max_ms"]
