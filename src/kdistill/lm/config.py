@@ -129,14 +129,80 @@ class NewTokenizerConfig(Strict):
     )
 
 
+class LMWidthConfig(Strict):
+    """`student.width`: narrow the (depth-pruned) teacher, Minitron-style (kdistill.lm.width, docs/pruning.md)."""
+
+    hidden_size: int | None = Field(
+        None, ge=1, description="hidden (embedding) channels kept, shared by all layers"
+    )
+    intermediate_size: int | None = Field(None, ge=1, description="MLP channels kept in every layer")
+    num_attention_heads: int | None = Field(
+        None, ge=1, description="query heads kept per layer (a multiple of num_key_value_heads)"
+    )
+    num_key_value_heads: int | None = Field(
+        None, ge=1, description="KV heads kept per layer, each with its own query heads (default: all)"
+    )
+    head_score: Literal["output", "projected"] = Field(
+        "output",
+        description="how heads are ranked: output = the norm of their attention output before o_proj (Minitron); "
+        "projected = the norm of what they add to the residual stream, after their o_proj columns",
+    )
+    params_budget: float | None = Field(
+        None,
+        gt=0,
+        description="instead of sizes: the student's parameters, a count (> 1) or a fraction of the teacher's "
+        "(<= 1); the widths are chosen to fit, keeping the teacher's proportions",
+    )
+
+    @model_validator(mode="after")
+    def _sizes_or_budget(self) -> LMWidthConfig:
+        if self.params_budget is not None and self.sizes():
+            raise ValueError("give either sizes or params_budget, not both")
+        if self.params_budget is None and not self.sizes():
+            raise ValueError(
+                "give hidden_size, intermediate_size, num_attention_heads, num_key_value_heads or params_budget"
+            )
+        if (
+            self.params_budget is not None
+            and self.params_budget > 1
+            and not float(self.params_budget).is_integer()
+        ):
+            raise nested_error(
+                "params_budget", f"a parameter count (> 1) must be a whole number, got {self.params_budget}"
+            )
+        return self
+
+    def sizes(self) -> dict[str, int]:
+        """The sizes given (the others stay the teacher's)."""
+        names = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def budget_params(self, teacher_params: int) -> int | None:
+        """params_budget as a parameter count (a fraction counts the teacher's parameters)."""
+        if self.params_budget is None:
+            return None
+        if self.params_budget <= 1:
+            return int(self.params_budget * teacher_params)
+        return int(self.params_budget)
+
+
 class LMStudentConfig(Strict):
     init: Literal["prune", "pretrained", "config"] = Field(
         "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
     )
     keep_layers: KeepLayers = Field(
-        20, description="prune: how many layers to keep (by block influence), or the exact layer indices"
+        20,
+        description="prune: how many layers to keep (by block influence), or the exact layer indices; null: all "
+        "of them (with width: width pruning only)",
     )
-    calibration_texts: int = Field(16, ge=1, description="prune: teacher answers used to measure influence")
+    calibration_texts: int = Field(
+        16, ge=1, description="prune: teacher answers used to measure influence (and width importance)"
+    )
+    width: LMWidthConfig | None = Field(
+        None,
+        description="prune: also narrow the student (hidden size, MLP, heads) after dropping layers, keeping the "
+        "channels and heads with the largest activations on the calibration texts (Minitron)",
+    )
     model: PathText | None = Field(None, description="pretrained: local directory or hub id of the student")
     config: dict[str, Any] | None = Field(None, description="config: a transformers config dict (model_type)")
     lora: LoraConfig | None = Field(None, description="train low-rank adapters only (merged before saving)")
@@ -153,8 +219,10 @@ class LMStudentConfig(Strict):
 
     @model_validator(mode="after")
     def _init_needs(self) -> LMStudentConfig:
-        if self.init == "prune" and self.keep_layers is None:
-            raise ValueError("init prune needs keep_layers")
+        if self.init == "prune" and self.keep_layers is None and self.width is None:
+            raise ValueError("init prune needs keep_layers or width")
+        if self.width is not None and self.init != "prune":
+            raise ValueError("width needs init prune (it narrows the teacher)")
         if self.init == "pretrained" and not self.model:
             raise ValueError("init pretrained needs model")
         if self.init == "config" and not self.config:
@@ -164,6 +232,15 @@ class LMStudentConfig(Strict):
         if self.new_tokenizer is not None and self.init == "pretrained":
             raise ValueError("new_tokenizer needs init prune or config (a pretrained student keeps its own)")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_width(self, handler: Any) -> Any:
+        # the run's config hash covers this dump: a config without `width` hashes as before the field
+        # existed, so an interrupted run started before it is still found and resumed
+        data = handler(self)
+        if isinstance(data, dict) and self.width is None:
+            data.pop("width", None)
+        return data
 
 
 class LMTrainConfig(Strict):
@@ -339,6 +416,20 @@ class LMDistillConfig(Strict):
         description="cross-tokenizer: more students trained on the same data and steps with these losses, "
         "reported side by side (e.g. uld next to hybrid)",
     )
+    draft: bool = Field(
+        False,
+        description="the student is a draft for speculative decoding (teacher's tokenizer): the report adds its "
+        "acceptance rate (greedy verification, lookahead 2/4/8) before and after training and the teacher's "
+        "tokens/s with it as transformers' assistant_model (kdistill.lm.draft)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unused_draft(self, handler: Any) -> Any:
+        # the run's config hash covers this dump: without `draft` a config hashes as before the field existed
+        data = handler(self)
+        if isinstance(data, dict) and not self.draft:
+            data.pop("draft", None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> LMDistillConfig:
@@ -361,6 +452,10 @@ class LMDistillConfig(Strict):
             )
         if self.signal_dir is not None and self.signal not in ("cached", "endpoint"):
             raise ValueError("signal_dir is a stored signal: it needs signal cached or endpoint")
+        if self.draft and self.cross_tokenizer is not None:
+            raise ValueError(
+                "draft: a speculative-decoding draft shares the teacher's tokenizer (no cross_tokenizer)"
+            )
         if self.compare_with and self.cross_tokenizer is None:
             raise ValueError("compare_with lists more cross-tokenizer losses: set cross_tokenizer first")
         self._some_weight_trains()

@@ -162,6 +162,10 @@ def run_lm(
                 evals["before"] = evaluate_model(
                     run, "student_before", "student before", student, teacher, eval_rows
                 )
+                if cfg.distill.draft:  # before training changes the student in place
+                    from kdistill.lm.draft import run_acceptance
+
+                    draft_before = run_acceptance(run, "before", student, teacher, eval_rows)
             examples = training_examples(run, train_rows)
             signal_dir = (
                 teacher_signal(run, teacher, train_rows) if cfg.distill.signal in SIGNAL_STORES else None
@@ -177,6 +181,12 @@ def run_lm(
                 return RunResult(run.run_dir, json.loads((run.run_dir / METRICS).read_text()), run.resumed)
             evals |= evaluate_arms(run, arms, teacher, eval_rows, reasoning)
             speeds, timing = time_generation(run, teacher, arms, eval_rows)
+            if cfg.distill.draft:
+                from kdistill.lm.draft import run_draft_metrics
+
+                draft = run_draft_metrics(
+                    run, teacher, arms[cfg.distill.signal].model, eval_rows, draft_before
+                )
         train = {"answers": len(train_rows), "response_tokens": response_tokens(examples)}
         metrics = lm_metrics(
             run, teacher, student_size, arms, evals, eval_rows, speeds, timing, train=train, t0=t0
@@ -184,6 +194,11 @@ def run_lm(
         if reasoning is not None:
             data_examples = {k: len(v) for k, v in data_arms.items()}
             add_reasoning_metrics(metrics, reasoning, evals, data_examples, speeds)
+        if cfg.distill.draft:
+            from kdistill.lm.draft import draft_summary_lines
+
+            metrics["draft"] = draft
+            metrics["summary"] |= draft_summary_lines(draft)
         write_report(run.run_dir, metrics, config_yaml=cfg.to_yaml(), manifest=run.manifest)
         write_metrics(run.run_dir, metrics)
         run.procs.wait_for_everyone()
@@ -498,12 +513,30 @@ def build_student(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]]
     s = run.cfg.student
     if s.init == "prune":
         keep, influence = s.keep_layers, None
+        calibration = [r["completion"] for r in train_rows[: s.calibration_texts]]
+        if keep is None:  # width pruning only
+            keep = list(range(teacher.model.config.num_hidden_layers))
         if isinstance(keep, int):
-            calibration = [r["completion"] for r in train_rows[: s.calibration_texts]]
             influence = block_influence(teacher.model, teacher.tokenizer, calibration)
             keep = choose_layers(influence, keep)
         student = prune_layers(teacher.model, keep)
-        run.note(pruning=pruning_report(teacher.model, student, keep, influence))
+        report = pruning_report(teacher.model, student, keep, influence)
+        if (
+            s.width is not None
+        ):  # after depth: channels are ranked by the layers that stay, on the smaller model
+            from kdistill.lm.width import prune_width_calibrated
+
+            budget = s.width.budget_params(report["params_before"])
+            student, report["width"] = prune_width_calibrated(
+                student,
+                teacher.tokenizer,
+                calibration,
+                params_budget=budget,
+                head_score=s.width.head_score,
+                **s.width.sizes(),
+            )
+            report["params_after"] = report["width"]["params_after"]
+        run.note(pruning=report)
     elif s.init == "pretrained":
         student = load_causal_lm(s.model, trust_remote_code=run.cfg.teacher.trust_remote_code)
     else:
