@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -145,15 +144,6 @@ def prompts(n: int) -> list[str]:
     ]
 
 
-def _busy_seconds() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return sum(ticks[i] for i in (0, 1, 2, 5, 6, 7)) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the llama.cpp measurement in .venv-llama; record other processes' CPU use meanwhile."""
     python = LLAMA_VENV / "bin" / "python"
@@ -161,22 +151,23 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"{python} missing: run `.venv/bin/python {Path(__file__).name} --setup` first")
     spec_file = Path(spec["work"]) / "spec.json"
     spec_file.write_text(json.dumps(spec))
+    from kdistill.runs.timing import cpu_sample
+
+    def children_cpu() -> float:
+        t = os.times()
+        return t.children_user + t.children_system  # the llama.cpp process, once it has exited
+
     load_before = os.getloadavg()[0]
-    wall0, busy0 = time.monotonic(), _busy_seconds()
-    own0 = resource.getrusage(resource.RUSAGE_SELF)
-    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, kids0 = cpu_sample(), children_cpu()
     out = subprocess.run(
         [str(python), __file__, "--measure", str(spec_file)], check=True, capture_output=True, text=True
     )
-    wall1, busy1 = time.monotonic(), _busy_seconds()
-    own1 = resource.getrusage(resource.RUSAGE_SELF)
-    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ours = sum(
-        getattr(b, f) - getattr(a, f)
-        for a, b in ((own0, own1), (kids0, kids1))
-        for f in ("ru_utime", "ru_stime")
-    )
-    others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0 - ours) / (wall1 - wall0))
+    after, kids1 = cpu_sample(), children_cpu()
+    ours = (after.own_cpu_s - before.own_cpu_s) + (kids1 - kids0)
+    others = None
+    if before.machine_busy_s is not None and after.machine_busy_s is not None:
+        busy = after.machine_busy_s - before.machine_busy_s
+        others = max(0.0, (busy - ours) / (after.wall_s - before.wall_s))
     cores = os.cpu_count() or 1
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["load"] = {
