@@ -186,6 +186,37 @@ class LMWidthConfig(Strict):
         return int(self.params_budget)
 
 
+class LMRecoverConfig(Strict):
+    """`student.recover`: a distillation phase on plain text before the answer phase (Minitron's knowledge
+    recovery, kdistill.lm.recover): the teacher's forward pass over text is far cheaper than its answers."""
+
+    text: PathText = Field(
+        "python_docs",
+        description="python_docs = Python's reference manual and stdlib docstrings (built in, offline), or a "
+        ".jsonl file of {id, text} objects, or a .txt file",
+    )
+    max_tokens: int = Field(
+        131072, ge=2, le=100_000_000, description="text tokens used (a seeded sample of whole chunks)"
+    )
+    chunk_length: int = Field(
+        256, ge=8, description="tokens per training chunk (texts are packed, EOS between)"
+    )
+    top_k: int = Field(20, ge=1, description="teacher log-probs kept per token (captured once, cached)")
+    divergence: str = Field("forward_kl", description="token divergence (kdistill methods lists them)")
+    epochs: float = Field(1.0, gt=0, description="passes over the chunks")
+    lr: float | None = Field(
+        None, gt=0, le=LR_MAX, description=f"peak learning rate (default train.lr; at most {LR_MAX:g})"
+    )
+
+    @model_validator(mode="after")
+    def _known_divergence(self) -> LMRecoverConfig:
+        from kdistill.losses.token import DIVERGENCES
+
+        if self.divergence not in DIVERGENCES:
+            raise nested_error("divergence", DIVERGENCES.unknown_message(self.divergence))
+        return self
+
+
 class LMStudentConfig(Strict):
     init: Literal["prune", "pretrained", "config"] = Field(
         "prune", description="prune = keep some of the teacher's layers; pretrained = load `model`; config"
@@ -216,6 +247,11 @@ class LMStudentConfig(Strict):
         description="train a tokenizer on the training prompts and answers for the student; prune: the kept "
         "layers get it, embeddings transplanted from the teacher's (mean of the teacher tokens spelling each entry)",
     )
+    recover: LMRecoverConfig | None = Field(
+        None,
+        description="before the answers: distil the teacher's next-token distributions on plain text into the "
+        "student (Minitron's knowledge recovery); every arm starts from the recovered student",
+    )
 
     @model_validator(mode="after")
     def _init_needs(self) -> LMStudentConfig:
@@ -231,6 +267,11 @@ class LMStudentConfig(Strict):
             raise ValueError("give at most one of tokenizer (an existing one) and new_tokenizer (train one)")
         if self.new_tokenizer is not None and self.init == "pretrained":
             raise ValueError("new_tokenizer needs init prune or config (a pretrained student keeps its own)")
+        if self.recover is not None and (self.tokenizer is not None or self.new_tokenizer is not None):
+            raise ValueError(
+                "recover distils the teacher's token distributions: the student needs the teacher's tokenizer "
+                "(no tokenizer / new_tokenizer)"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -238,8 +279,10 @@ class LMStudentConfig(Strict):
         # the run's config hash covers this dump: a config without `width` hashes as before the field
         # existed, so an interrupted run started before it is still found and resumed
         data = handler(self)
-        if isinstance(data, dict) and self.width is None:
-            data.pop("width", None)
+        if isinstance(data, dict):
+            for field in ("width", "recover"):
+                if getattr(self, field) is None:
+                    data.pop(field, None)
         return data
 
 
@@ -280,6 +323,22 @@ class LMTrainConfig(Strict):
     )
 
 
+class LMDeployConfig(Strict):
+    """The report's deploy columns: every model written as GGUF and timed in llama.cpp (kdistill.lm.deploy_eval)."""
+
+    gguf: Literal["f16", "q8_0"] = Field("f16", description="GGUF weight type of every exported model")
+    llama_cpp_python: PathText | None = Field(
+        None,
+        description="a Python interpreter with llama-cpp-python (e.g. .venv-llama/bin/python, made by "
+        "benchmarks/deploy_speed.py --setup); null: this interpreter if it has llama_cpp, else no speed",
+    )
+    new_tokens: int = Field(
+        64, ge=1, description="greedy tokens per prompt in llama.cpp (forced: EOS ignored)"
+    )
+    rounds: int = Field(3, ge=1, description="timed rounds per model, after one warm-up round")
+    keep: bool = Field(False, description="keep the GGUF files in the run folder (they are large)")
+
+
 class LMEvaluationConfig(Strict):
     max_new_tokens: int | None = Field(
         None, ge=1, description="tokens generated per held-out answer (default: generation.max_new_tokens)"
@@ -296,6 +355,19 @@ class LMEvaluationConfig(Strict):
         256, ge=1, description="timed prompts are cut to their last this many tokens (teacher and students)"
     )
     timing_rounds: int = Field(3, ge=1, description="timed rounds per model, after one warm-up round")
+    deploy: LMDeployConfig | None = Field(
+        None,
+        description="GGUF size and llama.cpp generated tokens/s of every model beside the PyTorch columns "
+        "(e.g. {gguf: f16}); null: not measured",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unused_deploy(self, handler: Any) -> Any:
+        # the run's config hash covers this dump: without `deploy` a config hashes as before the field existed
+        data = handler(self)
+        if isinstance(data, dict) and self.deploy is None:
+            data.pop("deploy", None)
+        return data
 
 
 class LMHiddenConfig(Strict):
@@ -523,6 +595,11 @@ class LMRunConfig(RunConfigBase):
             raise ValueError(
                 "verify: trains SFT students on verified answers (distill.signal none, no compare_with_sft: "
                 "verify.compare_with adds students); white-box signals on verified answers are not supported yet"
+            )
+        if self.student.recover is not None and self.distill.cross_tokenizer is not None:
+            raise ValueError(
+                "student.recover distils the teacher's token distributions into a student with the teacher's "
+                "tokenizer; distill.cross_tokenizer says the student has another"
             )
         if self.generation.samples > 1 and self.generation.temperature == 0:
             raise ValueError(

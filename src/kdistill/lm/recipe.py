@@ -35,7 +35,7 @@ from torch import nn
 
 from kdistill.evaluation import write_report
 from kdistill.io import atomic_write_text
-from kdistill.lm.config import LMRunConfig, LMTeacherConfig
+from kdistill.lm.config import LMRunConfig, LMTeacherConfig, LMTrainConfig
 from kdistill.runs.checkpoint import discard_checkpoints
 from kdistill.runs.clock import TrainClock
 from kdistill.runs.locations import (
@@ -63,6 +63,7 @@ from kdistill.runs.timing import time_models
 from kdistill.schema import stable_hash
 
 SFT_ONLY = "student (SFT on answers only)"
+RECOVERED = "student (recovered on text)"
 SIGNAL_STORES = ("cached", "endpoint")  # distill.signal values trained from a stored signal
 
 
@@ -166,6 +167,14 @@ def run_lm(
                     from kdistill.lm.draft import run_acceptance
 
                     draft_before = run_acceptance(run, "before", student, teacher, eval_rows)
+            if cfg.student.recover is not None:  # every arm starts from the recovered student
+                from kdistill.lm.recover import recover_student
+
+                student = recover_student(run, student, teacher, stop_after)
+                if run.main:
+                    evals["recovered"] = evaluate_model(
+                        run, "student_recovered", "student recovered", student, teacher, eval_rows
+                    )
             examples = training_examples(run, train_rows)
             signal_dir = (
                 teacher_signal(run, teacher, train_rows) if cfg.distill.signal in SIGNAL_STORES else None
@@ -673,24 +682,14 @@ def capture_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]
     """The teacher's top-k log-probs over the training answers, captured once into the content-addressed
     cache (the main process computes, the others then find it there): in token ids, or named by bytes for a
     student with another tokenizer (`kdistill.lm.byte_signal`)."""
-    from kdistill.lm.capture import capture_bytes, capture_topk, teacher_identity
+    from kdistill.lm.capture import capture_bytes, capture_topk
     from kdistill.lm.sft_data import tokenize_rows
-    from kdistill.lm.tokenizers import tokenizer_fingerprint
 
     cfg = run.cfg
-    key_inputs = {
-        "teacher": teacher_identity(
-            cfg.teacher.model,
-            gguf_file=teacher_model_ref(cfg.teacher).gguf_file,
-            model_dir=teacher.path,
-            dtype="float32",
-        ),
-        "tokenizer": tokenizer_fingerprint(teacher.tokenizer),
-    }
     log = run.logger.job("capture", f"teacher top-{cfg.distill.top_k}", total=len(train_rows))
     common = {
         "k": cfg.distill.top_k,
-        "key_inputs": key_inputs,
+        "key_inputs": signal_key_inputs(run, teacher),
         "batch_size": cfg.evaluation.batch_size,
         "progress": lambda done, total: log.log({"step": done}),
         "cache_root": run.cache_root,
@@ -706,6 +705,22 @@ def capture_signal(run: LMRun, teacher: Teacher, train_rows: list[dict[str, Any]
                 teacher.model, examples, pad_token_id=teacher.tokenizer.pad_token_id, **common
             )
     return result.store_dir
+
+
+def signal_key_inputs(run: LMRun, teacher: Teacher) -> dict[str, Any]:
+    """What identifies the local teacher's captured signal in the cache: its weights and tokenizer."""
+    from kdistill.lm.capture import teacher_identity
+    from kdistill.lm.tokenizers import tokenizer_fingerprint
+
+    return {
+        "teacher": teacher_identity(
+            run.cfg.teacher.model,
+            gguf_file=teacher_model_ref(run.cfg.teacher).gguf_file,
+            model_dir=teacher.path,
+            dtype="float32",
+        ),
+        "tokenizer": tokenizer_fingerprint(teacher.tokenizer),
+    }
 
 
 # -- 5. training: one job per arm ---------------------------------------------------------------------------
@@ -781,9 +796,12 @@ def train_arm(
     *,
     job: str | None = None,
     label: str | None = None,
+    objective: Callable[[], nn.Module] | None = None,
+    train_cfg: LMTrainConfig | None = None,
 ) -> Arm:
     """One resumable training job (`jobs/sft`, `jobs/kd-<signal>` or `jobs/<job>`): loaded when done.json
-    says it finished, else trained from its latest checkpoint and marked done."""
+    says it finished, else trained from its latest checkpoint and marked done. `objective` builds another
+    objective than the arm's kind gives, `train_cfg` replaces `train` (the recovery phase's)."""
     from kdistill.lm.models import load_causal_lm
     from kdistill.lm.train import train_objective
 
@@ -804,12 +822,12 @@ def train_arm(
         clock.tick()
         log.log(entry)
 
-    objective = make_objective(kind, run, student, teacher, examples, signal_dir)
+    built = objective() if objective else make_objective(kind, run, student, teacher, examples, signal_dir)
     torch.manual_seed(cfg.seed)  # LoRA adapters and dropout start the same on a rerun
     result = train_objective(
-        objective,
+        built,
         examples,
-        cfg.train,
+        train_cfg or cfg.train,
         steps=steps,
         seed=cfg.seed,
         lora=cfg.student.lora,
@@ -1139,6 +1157,18 @@ def lm_metrics(
         _model_row("teacher", "teacher", model_size(teacher.model), evals["teacher"], speeds["teacher"]),
         _model_row("student (pruned, before)", "before", student_size, evals["before"], speeds[d.signal]),
     ]
+    if "recovered" in evals:  # the start of every arm: the pruned student after the plain-text phase
+        recovery = run.manifest.get("recovery") or {}
+        models.append(
+            _model_row(
+                RECOVERED,
+                "recovered",
+                student_size,
+                evals["recovered"],
+                speeds[d.signal],
+                seconds=recovery.get("train_seconds"),
+            )
+        )
     history = [{"model": name, "seed": cfg.seed, **h} for h in distilled.history]
     if "sft" in evals:
         sft = arms["none"]
@@ -1167,6 +1197,7 @@ def lm_metrics(
         "summary": _lm_summary(models, train["answers"], train["response_tokens"]),
         "examples": _examples(eval_rows, evals["teacher"], evals["before"], evals["after"]),
         "timing": timing,
+        **({"recovery": run.manifest["recovery"]} if "recovery" in run.manifest else {}),
         "run": run_record(
             cfg, run.run_dir, run.manifest["started"], t0, seeds=[cfg.seed], device=run.procs.device.type
         ),
@@ -1255,6 +1286,15 @@ def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int
             f"; the SFT-only student on the same answers and steps: perplexity "
             f"{sft['perplexity_on_teacher_answers']:.1f}, agreement {sft['agreement_with_teacher']:.1%}"
         )
+    recovered = next((m for m in models if m["role"] == "recovered"), None)
+    if recovered is not None:
+        headline += (
+            f"; every arm started from the student recovered on text: perplexity "
+            f"{recovered['perplexity_on_teacher_answers']:.1f}, agreement {recovered['agreement_with_teacher']:.1%}"
+        )
+    rep, rep_teacher = after.get("repeated_4gram_rate"), teacher.get("repeated_4gram_rate")
+    if rep is not None and rep_teacher is not None:
+        headline += f"; its own answers repeat {rep:.0%} of their 4-grams (teacher {rep_teacher:.0%})"
     return {
         "headline": headline,
         "train_answers": train_rows,
