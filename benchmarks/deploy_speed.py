@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -144,104 +143,26 @@ def prompts(n: int) -> list[str]:
     ]
 
 
-def measure(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the llama.cpp measurement in .venv-llama; record other processes' CPU use meanwhile."""
+def measure(models: dict[str, dict[str, Any]], texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Time every GGUF in llama.cpp under .venv-llama (kdistill.export.llama_speed, the worker the LM
+    recipe's deploy columns use too), with the machine's load meanwhile."""
+    from kdistill.export.llama_speed import llama_cpp_speeds
+
     python = LLAMA_VENV / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"{python} missing: run `.venv/bin/python {Path(__file__).name} --setup` first")
-    spec_file = Path(spec["work"]) / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    from kdistill.runs.timing import cpu_sample
-
-    def children_cpu() -> float:
-        t = os.times()
-        return t.children_user + t.children_system  # the llama.cpp process, once it has exited
-
-    load_before = os.getloadavg()[0]
-    before, kids0 = cpu_sample(), children_cpu()
-    out = subprocess.run(
-        [str(python), __file__, "--measure", str(spec_file)], check=True, capture_output=True, text=True
+    speeds = llama_cpp_speeds(
+        {name: m["gguf"] for name, m in models.items()},
+        texts,  # chat-rendered text, tokenized by llama.cpp
+        new_tokens=args.new_tokens,
+        rounds=args.rounds,
+        threads=args.threads,
+        python=str(python),
+        n_ctx=2048,
     )
-    after, kids1 = cpu_sample(), children_cpu()
-    ours = (after.own_cpu_s - before.own_cpu_s) + (kids1 - kids0)
-    others = None
-    if before.machine_busy_s is not None and after.machine_busy_s is not None:
-        busy = after.machine_busy_s - before.machine_busy_s
-        others = max(0.0, (busy - ours) / (after.wall_s - before.wall_s))
-    cores = os.cpu_count() or 1
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["load"] = {
-        "cores": cores,
-        "load_average_1m_before": load_before,
-        "others_cores": others,
-        "busy": others is not None and others > 0.25 * cores,
-    }
-    return result
-
-
-# --- in .venv-llama: the measurement itself --------------------------------------------------------------
-
-
-def llama_measure(spec_file: str) -> None:
-    import llama_cpp
-    import numpy as np
-
-    spec = json.loads(Path(spec_file).read_text())
-    threads, new_tokens = spec["threads"], spec["new_tokens"]
-    llms = {
-        name: llama_cpp.Llama(
-            model_path=m["gguf"],
-            n_ctx=spec["n_ctx"],
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=512,
-            verbose=False,
-        )
-        for name, m in spec["models"].items()
-    }
-    tokens = {
-        name: [llm.tokenize(p.encode(), add_bos=False, special=True) for p in spec["prompts"]]
-        for name, llm in llms.items()
-    }
-
-    def run(llm: Any, prompt_sets: list[list[int]]) -> tuple[float, float, int, int]:
-        prompt_s = gen_s = 0.0
-        n_prompt = n_gen = 0
-        for ids in prompt_sets:
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(ids)
-            t1 = time.perf_counter()
-            for _ in range(new_tokens):
-                logits = llm.scores[llm.n_tokens - 1]
-                llm.eval([int(np.argmax(logits))])
-            t2 = time.perf_counter()
-            prompt_s, gen_s = prompt_s + t1 - t0, gen_s + t2 - t1
-            n_prompt, n_gen = n_prompt + len(ids), n_gen + new_tokens
-        return n_prompt / prompt_s, n_gen / gen_s, n_prompt, n_gen
-
-    order = list(llms)
-    rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in order}
-    for r in range(spec["rounds"] + 1):
-        for name in order if r % 2 == 0 else order[::-1]:
-            prompt_tps, gen_tps, n_prompt, n_gen = run(llms[name], tokens[name])
-            if r > 0:  # round 0 warms up caches and thread pools
-                rounds[name].append((prompt_tps, gen_tps))
-    out = {
-        "llama_cpp_version": llama_cpp.__version__,
-        "prompt_tokens": {name: sum(map(len, t)) for name, t in tokens.items()},
-        "models": {
-            name: {
-                "prompt_tokens_per_s": statistics.median(p for p, _ in v),
-                "prompt_tokens_per_s_range": [min(p for p, _ in v), max(p for p, _ in v)],
-                "generated_tokens_per_s": statistics.median(g for _, g in v),
-                "generated_tokens_per_s_range": [min(g for _, g in v), max(g for _, g in v)],
-                "rounds": v,
-            }
-            for name, v in rounds.items()
-        },
-    }
-    print(json.dumps(out))
+    if speeds["models"] is None:
+        raise SystemExit(speeds["reason"])
+    return speeds
 
 
 def render(out: dict[str, Any]) -> str:
@@ -258,10 +179,11 @@ def render(out: dict[str, Any]) -> str:
             f"({g[0]:.1f}-{g[1]:.1f}) | {r['generated_tokens_per_s'] / teacher['generated_tokens_per_s']:.2f}x |"
         )
     load = out["load"]
+    others = "?" if load["others_cores"] is None else f"{load['others_cores']:.1f}"
     lines.append(
         f"\nthreads {out['threads']}, {out['rounds']} rounds after a warm-up, {len(out['prompts'])} prompts, "
         f"{out['new_tokens']} new tokens each; other processes used "
-        f"{load['others_cores']:.1f} of {load['cores']} cores{' (BUSY: figures not reliable)' if load['busy'] else ''}"
+        f"{others} of {load['cores']} cores{' (BUSY: figures not reliable)' if load['busy'] else ''}"
     )
     return "\n".join(lines)
 
@@ -273,7 +195,6 @@ def main() -> None:
     parser.add_argument(
         "--setup", action="store_true", help="create .venv-llama with llama-cpp-python and exit"
     )
-    parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the llama.cpp side, in .venv-llama
     parser.add_argument(
         "--quick", action="store_true", help="2 prompts, 8 tokens, 1 round; writes nothing here"
     )
@@ -296,26 +217,27 @@ def main() -> None:
     if args.setup:
         setup()
         return
-    if args.measure:
-        llama_measure(args.measure)
-        return
     if args.quick:
         args.prompts, args.new_tokens, args.rounds = 2, 8, 1
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     models = write_ggufs(args, args.work)
     texts = prompts(args.prompts)
-    spec = {
-        "work": str(args.work),
-        "models": models,
-        "prompts": texts,
-        "threads": args.threads,
-        "new_tokens": args.new_tokens,
-        "rounds": args.rounds,
-        "n_ctx": 2048,
-    }
-    measured = measure(spec)
-    rows = {name: models[name] | measured["models"][name] for name in models}
+    measured = measure(models, texts, args)
+    rows = {}
+    for name, model in models.items():
+        got = measured["models"][name]
+        rows[name] = model | {
+            "prompt_tokens_per_s": got["prompt_tokens_per_s"],
+            "prompt_tokens_per_s_range": [got["prompt_tokens_per_s_min"], got["prompt_tokens_per_s_max"]],
+            "generated_tokens_per_s": got["generated_tokens_per_s"],
+            "generated_tokens_per_s_range": [
+                got["generated_tokens_per_s_min"],
+                got["generated_tokens_per_s_max"],
+            ],
+            "rounds": got["rounds"],
+        }
+    record = measured["record"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     out = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -326,14 +248,14 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "processor": platform.processor(),
         },
-        "llama_cpp_python": measured["llama_cpp_version"],
+        "llama_cpp_python": record["llama_cpp_python"],
         "type": args.type,
         "threads": args.threads,
         "rounds": args.rounds,
         "new_tokens": args.new_tokens,
         "prompts": texts,
-        "prompt_tokens": measured["prompt_tokens"],
-        "load": measured["load"],
+        "prompt_tokens": {name: got["prompt_tokens"] for name, got in measured["models"].items()},
+        "load": record["load"],
         "rows": rows,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -94,6 +94,10 @@ SPEED_COLUMNS = frozenset(
     {"ms / sample", "ms / answer", "ms / image", "onnxruntime ms", "tokens / s", "texts / s", "speedup"}
 )
 BUSY_MARK = "*"
+# LM runs with `evaluation.deploy` (metrics["deploy"]): each model's GGUF size and llama.cpp generated tokens/s,
+# inserted after "size" and after "tokens / s"; the speed is marked when metrics["deploy"] says busy
+GGUF_SIZE_COLUMN, DEPLOY_SPEED_COLUMN = "GGUF size", "llama.cpp tok/s"
+DEPLOY_SPEED_COLUMNS = frozenset({DEPLOY_SPEED_COLUMN})
 # metrics["timing"] keys that say how the phase ran; every other key is a task setting (batch size, ...)
 _TIMING_KEYS = frozenset({"rounds", "warmup_rounds", "repeats", "threads", "load", "busy", "models"})
 
@@ -256,10 +260,24 @@ def _model_colours(metrics: Mapping[str, Any]) -> dict[str, str]:
     return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(unique)}
 
 
+def has_deploy_columns(metrics: Mapping[str, Any]) -> bool:
+    """Whether an LM run's models carry a GGUF size or llama.cpp speed (runs without keep today's columns)."""
+    return metrics.get("task") == "lm" and any(
+        model.get("gguf_bytes") is not None or model.get("deploy_tokens_per_s") is not None
+        for model in metrics.get("models", [])
+    )
+
+
 def result_columns(metrics: Mapping[str, Any]) -> tuple[str, ...]:
     task = metrics.get("task")
-    if task == "lm" and metrics.get("reasoning"):  # verified reasoning: problems solved comes first
-        return (*LM_RESULT_COLUMNS[:2], "held-out solved", *LM_RESULT_COLUMNS[2:])
+    if task == "lm":
+        columns = list(LM_RESULT_COLUMNS)
+        if metrics.get("reasoning"):  # verified reasoning: problems solved comes first
+            columns.insert(2, "held-out solved")
+        if has_deploy_columns(metrics):
+            columns.insert(columns.index("size") + 1, GGUF_SIZE_COLUMN)
+            columns.insert(columns.index("tokens / s") + 1, DEPLOY_SPEED_COLUMN)
+        return tuple(columns)
     by_task = {
         "lm": LM_RESULT_COLUMNS,
         "encoder": ENCODER_RESULT_COLUMNS,
@@ -314,6 +332,12 @@ def timing_busy(metrics: Mapping[str, Any]) -> bool:
     return isinstance(timing, Mapping) and bool(timing.get("busy"))
 
 
+def deploy_busy(metrics: Mapping[str, Any]) -> bool:
+    """Whether the llama.cpp speeds (metrics["deploy"]) were timed while other processes kept the machine busy."""
+    deploy = metrics.get("deploy")
+    return isinstance(deploy, Mapping) and bool(deploy.get("busy"))
+
+
 def _plural(count: Any, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -353,6 +377,44 @@ def timing_line(metrics: Mapping[str, Any]) -> str | None:
     return line
 
 
+def deploy_line(metrics: Mapping[str, Any]) -> str | None:
+    """How the llama.cpp column was measured, from metrics["deploy"] (None without one): runtime version, GGUF
+    type, rounds, tokens, threads and the machine's load; or why there are no speeds or sizes."""
+    deploy = metrics.get("deploy")
+    if not isinstance(deploy, Mapping):
+        return None
+    gguf = f"{deploy.get('gguf_type', '?')} GGUF"
+    if deploy.get("not_measured"):
+        line = f"llama.cpp: {gguf} sizes; speed not measured: {str(deploy['not_measured']).rstrip('.')}."
+    else:
+        prompts = deploy.get("prompts")
+        count = max(prompts.values(), default="?") if isinstance(prompts, Mapping) else prompts
+        how = [
+            f"llama-cpp-python {deploy.get('llama_cpp_python', '?')}",
+            gguf,
+            f"{_plural(deploy.get('rounds', '?'), 'round')} after "
+            f"{_plural(deploy.get('warmup_rounds', '?'), 'warm-up round')}, models in turns",
+            f"{_plural(count, 'prompt')} of {_plural(deploy.get('new_tokens', '?'), 'generated token')} each",
+            _plural(deploy.get("threads", "?"), "thread"),
+        ]
+        load = deploy.get("load")
+        described = load.get("description") if isinstance(load, Mapping) else None
+        line = "llama.cpp: " + ", ".join(how) + "; " + (described or "machine load not recorded") + "."
+    not_exported = deploy.get("not_exported") or {}
+    if not_exported:
+        line += (
+            " Not exported to GGUF: "
+            + "; ".join(f"{name} ({why})" for name, why in not_exported.items())
+            + "."
+        )
+    if deploy_busy(metrics):
+        line += (
+            f" llama.cpp speeds marked {BUSY_MARK} were taken on a busy machine (other processes competed for "
+            "the cores) and are not reliable."
+        )
+    return line
+
+
 def _headline(metrics: Mapping[str, Any]) -> str | None:
     headline = metrics.get("summary", {}).get("headline")
     if headline and timing_busy(metrics):
@@ -362,19 +424,23 @@ def _headline(metrics: Mapping[str, Any]) -> str | None:
 
 def results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     """The formatted cells of the results table, teacher first, one list per model (see result_columns); speed
-    cells end in BUSY_MARK when the timing phase ran on a busy machine."""
+    cells end in BUSY_MARK when the timing phase ran on a busy machine (the llama.cpp column: when
+    metrics["deploy"] did)."""
     rows = _plain_results_rows(metrics)
-    if timing_busy(metrics):
-        speed = [i for i, column in enumerate(result_columns(metrics)) if column in SPEED_COLUMNS]
-        for row in rows:
-            for i in speed:
-                if row[i] != _MISSING:
-                    row[i] += BUSY_MARK
+    marked = (SPEED_COLUMNS if timing_busy(metrics) else frozenset()) | (
+        DEPLOY_SPEED_COLUMNS if deploy_busy(metrics) else frozenset()
+    )
+    speed = [i for i, column in enumerate(result_columns(metrics)) if column in marked]
+    for row in rows:
+        for i in speed:
+            if row[i] != _MISSING:
+                row[i] += BUSY_MARK
     return rows
 
 
 def _plain_results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     teacher = _teacher(metrics) or {}
+    deploy = has_deploy_columns(metrics)
     rows = []
     for model in _models_teacher_first(metrics):
         n_seeds = _seed_count(model, metrics)
@@ -390,6 +456,13 @@ def _plain_results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
         if metrics.get("task") == "lm":
             ppl = _number(model.get("perplexity_on_teacher_answers"))
             tokens_per_s = _number(model.get("tokens_per_s"))
+            deploy_tokens_per_s = _number(model.get("deploy_tokens_per_s"))
+            gguf_size = [_format_bytes(model.get("gguf_bytes"))] if deploy else []
+            deploy_speed = (
+                [_MISSING if deploy_tokens_per_s is None else _significant(deploy_tokens_per_s, 3)]
+                if deploy
+                else []
+            )
             solved = (
                 [_format_percent((model.get("verified") or {}).get("accuracy"))]
                 if metrics.get("reasoning")
@@ -408,8 +481,10 @@ def _plain_results_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
                     _format_percent(model.get("hit_max_tokens")),
                     _format_count(model.get("params")),
                     _format_bytes(model.get("size_bytes")),
+                    *gguf_size,
                     _format_ms(model.get("latency_ms")),
                     _MISSING if tokens_per_s is None else _significant(tokens_per_s, 3),
+                    *deploy_speed,
                     ratio,
                     speedup,
                     format_duration(model.get("train_seconds")),
@@ -475,6 +550,8 @@ def domain_table(metrics: Mapping[str, Any]) -> Table | None:
 def results_table(metrics: Mapping[str, Any]) -> Table:
     """The results as a rich Table for the terminal (the caller decides where to print it)."""
     headline, timing = _headline(metrics), timing_line(metrics)
+    deploy = deploy_line(metrics)
+    timing = "\n".join(line for line in (timing, deploy) if line) or None
     # Text, not str: rich would read "[bold]" or "[0.1]" in a model name as markup and drop it.
     table = Table(
         title=Text(headline) if headline else None,
@@ -719,6 +796,10 @@ def _html_page(
     if timing:
         css = "meta timing busy" if timing_busy(metrics) else "meta timing"
         parts.append(f'<p class="{css}">{html.escape(timing)}</p>')
+    deploy = deploy_line(metrics)
+    if deploy:
+        css = "meta deploy busy" if deploy_busy(metrics) else "meta deploy"
+        parts.append(f'<p class="{css}">{html.escape(deploy)}</p>')
     parts += _reasoning_tables(metrics.get("reasoning"))
     domain_columns, domain_cells, missing = domain_rows(metrics)
     if domain_cells or missing:

@@ -190,6 +190,9 @@ def run_lm(
                 return RunResult(run.run_dir, json.loads((run.run_dir / METRICS).read_text()), run.resumed)
             evals |= evaluate_arms(run, arms, teacher, eval_rows, reasoning)
             speeds, timing = time_generation(run, teacher, arms, eval_rows)
+            deploy_record = None
+            if cfg.evaluation.deploy is not None:  # GGUF size and llama.cpp speed beside PyTorch's
+                speeds, deploy_record = deploy_speeds(run, teacher, arms, eval_rows, speeds)
             if cfg.distill.draft:
                 from kdistill.lm.draft import run_draft_metrics
 
@@ -200,6 +203,8 @@ def run_lm(
         metrics = lm_metrics(
             run, teacher, student_size, arms, evals, eval_rows, speeds, timing, train=train, t0=t0
         )
+        if deploy_record is not None:
+            metrics["deploy"] = deploy_record
         if reasoning is not None:
             data_examples = {k: len(v) for k, v in data_arms.items()}
             add_reasoning_metrics(metrics, reasoning, evals, data_examples, speeds)
@@ -1056,6 +1061,34 @@ def time_generation(
         device=str(next(teacher.model.parameters()).device),
     )
     return speeds, record
+
+
+def deploy_speeds(
+    run: LMRun,
+    teacher: Teacher,
+    arms: dict[str, Arm],
+    eval_rows: list[dict[str, Any]],
+    speeds: dict[str, dict[str, float]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`speeds` with each model's GGUF size and llama.cpp generated tokens/s added (kdistill.lm.deploy_eval),
+    timed on the prompts of the PyTorch timing phase, cut the same way; and the phase's record."""
+    from kdistill.lm.deploy_eval import deploy_metrics
+
+    e = run.cfg.evaluation
+    assert e.deploy is not None
+    models = {"teacher": (teacher.model, teacher.tokenizer)}
+    models |= {kind: (arm.model, run.student_tokenizer) for kind, arm in arms.items()}
+    spin = run.logger.job("deploy", f"deploy: {len(models)} models as GGUF ({e.deploy.gguf})")
+    rows, record = deploy_metrics(
+        models,
+        eval_rows[: e.timing_prompts],
+        e.deploy,
+        work_dir=run.run_dir / "deploy",
+        threads=run.cfg.torch_threads(),
+        max_prompt_length=e.timing_max_prompt_length,
+    )
+    spin.done()
+    return {k: v | rows.get(k, {}) for k, v in speeds.items()}, record
 
 
 def reasoning_data(run: LMRun, train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]]) -> Any:
