@@ -35,6 +35,10 @@ def test_degeneration_summarises_answers_and_their_cut_flags() -> None:
         degeneration(["a", "b"], [True])
     with pytest.raises(ValueError, match="no answers"):
         degeneration([], [])
+    blank = degeneration(["\n\n", "a b c"], [True, True])  # no answer of 4 words: nothing to judge, not 0
+    assert (
+        blank["repeated_4gram_rate"] is None and blank["distinct_2"] == 1.0 and blank["hit_max_tokens"] == 1.0
+    )
     with pytest.raises(ValueError, match="n must be >= 1"):
         ngrams(["a"], 0)
 

@@ -13,7 +13,8 @@ measured alike):
                           a looping answer runs until it is cut
 
 An answer shorter than n words has no n-grams: it counts as 0 repetition (nothing repeated) and adds nothing
-to distinct-n. `degeneration` gives all of them; compare a student's with its teacher's, not with 0.
+to distinct-n. When no answer has n words (a model that writes only whitespace) the repetition is None, not
+0: there is nothing to judge, and 0 would read as perfect. `degeneration` gives all of them; compare a student's with its teacher's, not with 0.
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def degeneration(texts: Sequence[str], hit_limit: Sequence[bool], *, n: int = 4)
         raise ValueError(f"{len(texts)} answers but {len(hit_limit)} hit_limit flags")
     if not texts:
         raise ValueError("no answers to measure")
+    judged = any(len(t.split()) >= n for t in texts)
     return {
-        f"repeated_{n}gram_rate": sum(repeated_ngram_rate(t, n) for t in texts) / len(texts),
+        f"repeated_{n}gram_rate": sum(repeated_ngram_rate(t, n) for t in texts) / len(texts)
+        if judged
+        else None,
         "distinct_1": distinct_n(texts, 1),
         "distinct_2": distinct_n(texts, 2),
         "hit_max_tokens": sum(map(bool, hit_limit)) / len(texts),
