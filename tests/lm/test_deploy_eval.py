@@ -211,6 +211,7 @@ def test_an_lm_run_reports_every_models_gguf_size_and_llama_cpp_speed(tmp_path, 
     spec = json.loads((tmp_path / "spec_seen.json").read_text())
     assert set(spec["models"]) == {"teacher", "cached", "none"} and spec["new_tokens"] == 4
     assert metrics["deploy"]["llama_cpp_python"] == "9.9.9-fake"
+    assert "in llama.cpp 1.00x the teacher's generated tokens/s (f16 GGUF" in metrics["summary"]["headline"]
     assert not (run_dir / "deploy").exists() or not any((run_dir / "deploy").iterdir())  # GGUFs not kept
     html = (run_dir / "report.html").read_text()
     assert "GGUF size" in html and "llama.cpp tok/s" in html

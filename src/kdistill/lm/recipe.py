@@ -1325,6 +1325,12 @@ def _lm_summary(models: list[dict[str, Any]], train_rows: int, train_tokens: int
             f"; every arm started from the student recovered on text: perplexity "
             f"{recovered['perplexity_on_teacher_answers']:.1f}, agreement {recovered['agreement_with_teacher']:.1%}"
         )
+    deployed, deployed_teacher = after.get("deploy_tokens_per_s"), teacher.get("deploy_tokens_per_s")
+    if deployed and deployed_teacher:
+        headline += (
+            f"; in llama.cpp {deployed / deployed_teacher:.2f}x the teacher's generated tokens/s "
+            f"({after['gguf_type']} GGUF {after['gguf_bytes'] / 1e6:.0f} MB vs {teacher['gguf_bytes'] / 1e6:.0f} MB)"
+        )
     rep, rep_teacher = after.get("repeated_4gram_rate"), teacher.get("repeated_4gram_rate")
     if rep is not None and rep_teacher is not None:
         headline += f"; its own answers repeat {rep:.0%} of their 4-grams (teacher {rep_teacher:.0%})"
