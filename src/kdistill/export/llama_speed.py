@@ -260,7 +260,7 @@ def llama_cpp_speeds(
     other processes' CPU, from /proc/stat less this process and the worker). Raises LlamaCppError, naming
     the model file, when the worker crashes, fails or runs past `timeout_s`.
     """
-    from kdistill.runs.timing import CpuSample, _machine_load, cpu_sample
+    from kdistill.runs.timing import CpuSample, cpu_sample, machine_load
 
     if not ggufs:
         raise ValueError("no GGUF files to time")
@@ -314,7 +314,7 @@ def llama_cpp_speeds(
     before = CpuSample(first.wall_s, first.machine_busy_s, first.own_cpu_s + children_first)
     after = CpuSample(last.wall_s, last.machine_busy_s, last.own_cpu_s + children_last)
     cores = os.cpu_count() or 1
-    load = _machine_load(
+    load = machine_load(
         before, after, load_average, cores=cores, own_threads=threads, busy_share=0.25
     )  # time_models' rule
     try:

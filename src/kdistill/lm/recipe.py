@@ -168,9 +168,7 @@ def run_lm(
 
                     draft_before = run_acceptance(run, "before", student, teacher, eval_rows)
             if cfg.student.recover is not None:  # every arm starts from the recovered student
-                from kdistill.lm.recover import recover_student
-
-                student = recover_student(run, student, teacher, stop_after)
+                student = recover_on_text(run, student, teacher, stop_after)
                 if run.main:
                     evals["recovered"] = evaluate_model(
                         run, "student_recovered", "student recovered", student, teacher, eval_rows
@@ -726,6 +724,95 @@ def signal_key_inputs(run: LMRun, teacher: Teacher) -> dict[str, Any]:
         ),
         "tokenizer": tokenizer_fingerprint(teacher.tokenizer),
     }
+
+
+def recover_on_text(run: LMRun, student: nn.Module, teacher: Teacher, stop_after: int | None) -> nn.Module:
+    """The student after the text phase (`student.recover`, kdistill.lm.recover) (trained in place, or loaded when `jobs/recover` is done); the
+    phase's size and cost are noted in the manifest under `recovery`."""
+    from kdistill.lm.capture import capture_topk
+    from kdistill.lm.objectives import CachedTeacher, TokenDistillObjective
+    from kdistill.lm.recover import pack_chunks, recovery_objective_config, recovery_texts
+    from kdistill.lm.signal_store import TeacherSignal
+    from kdistill.lm.tokenizers import assert_same_tokenizer
+
+    cfg, rc = run.cfg, run.cfg.student.recover
+    assert rc is not None
+    try:
+        assert_same_tokenizer(teacher.tokenizer, run.student_tokenizer)
+    except ValueError as err:
+        raise ValueError(f"student.recover needs the teacher's tokenizer: {err}") from None
+    examples = pack_chunks(
+        teacher.tokenizer,
+        recovery_texts(str(rc.text)),
+        chunk_length=rc.chunk_length,
+        max_tokens=rc.max_tokens,
+        seed=cfg.seed,
+    )
+    tokens = sum(len(e["input_ids"]) for e in examples)
+    log = run.logger.job("capture-text", f"teacher top-{rc.top_k} on text", total=len(examples))
+    start = time.perf_counter()
+    with run.procs.main_process_first():
+        captured = capture_topk(
+            teacher.model,
+            examples,
+            k=rc.top_k,
+            key_inputs=signal_key_inputs(run, teacher),
+            batch_size=cfg.evaluation.batch_size,
+            pad_token_id=teacher.tokenizer.pad_token_id,
+            progress=lambda done, total: log.log({"step": done}),
+            cache_root=run.cache_root,
+        )
+    capture_seconds = time.perf_counter() - start
+    train_cfg = cfg.train.model_copy(
+        update={
+            "epochs": rc.epochs,
+            "lr": rc.lr or cfg.train.lr,
+            "max_length": rc.chunk_length,
+            "eval_every": None,
+        }
+    )
+    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * run.procs.num_processes
+    steps = max(1, math.ceil(rc.epochs * len(examples) / global_batch))
+
+    def objective() -> nn.Module:
+        return TokenDistillObjective(
+            student,
+            recovery_objective_config(rc),
+            teacher=CachedTeacher(TeacherSignal(captured.store_dir)),
+            pad_token_id=teacher.tokenizer.pad_token_id,
+            eos_token_id=teacher.tokenizer.eos_token_id,
+            seed=cfg.seed,
+        )
+
+    arm = train_arm(
+        run,
+        "cached",
+        student,
+        teacher,
+        examples,
+        steps,
+        run.run_dir / "student_recovered",
+        captured.store_dir,
+        None,
+        stop_after,
+        job="recover",
+        label=f"recover on text ({rc.divergence}, {tokens:,} tokens)",
+        objective=objective,
+        train_cfg=train_cfg,
+    )
+    run.note(
+        recovery={
+            "text": str(rc.text),
+            "chunks": len(examples),
+            "tokens": tokens,
+            "steps": steps,
+            "signal": str(captured.store_dir),
+            # this session's capture (near 0 when the cache held it) and every session's training
+            "capture_seconds": round(capture_seconds, 3),
+            "train_seconds": arm.train_seconds,
+        }
+    )
+    return arm.model
 
 
 # -- 5. training: one job per arm ---------------------------------------------------------------------------

@@ -11,25 +11,20 @@ tokenized with the teacher's tokenizer, followed by EOS, packed into chunks of `
 sample of whole chunks up to `max_tokens` is kept. The teacher's top-k log-probs over the chunks are captured
 once into the content-addressed signal cache (kdistill.lm.capture, shared by every run with the same teacher,
 text and k); the student trains on every position with the chosen divergence (forward KL by default) in one
-resumable job (`jobs/recover`), saved to `student_recovered/`. Every arm of the run starts from it.
+resumable job (`jobs/recover`, run by kdistill.lm.recipe.recover_on_text), saved to `student_recovered/`.
+Every arm of the run starts from it.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from torch import nn
+from typing import Any
 
 from kdistill.lm.config import LMDistillConfig, LMRecoverConfig
 
-if TYPE_CHECKING:
-    from kdistill.lm.recipe import LMRun, Teacher
-
-__all__ = ["BUILTIN_TEXT", "pack_chunks", "recover_student", "recovery_objective_config", "recovery_texts"]
+__all__ = ["BUILTIN_TEXT", "pack_chunks", "recovery_objective_config", "recovery_texts"]
 
 BUILTIN_TEXT = "python_docs"
 
@@ -105,94 +100,3 @@ def pack_chunks(
 def recovery_objective_config(cfg: LMRecoverConfig) -> LMDistillConfig:
     """The token-distillation knobs of the recovery phase: the divergence alone, on the cached top-k, T = 1."""
     return LMDistillConfig(signal="cached", top_k=cfg.top_k, divergence=cfg.divergence, kd_weight=1.0)
-
-
-def recover_student(run: LMRun, student: nn.Module, teacher: Teacher, stop_after: int | None) -> nn.Module:
-    """The student after the recovery phase (trained in place, or loaded when `jobs/recover` is done); the
-    phase's size and cost are noted in the manifest under `recovery`."""
-    import time
-
-    from kdistill.lm.capture import capture_topk
-    from kdistill.lm.objectives import CachedTeacher, TokenDistillObjective
-    from kdistill.lm.recipe import signal_key_inputs, train_arm
-    from kdistill.lm.signal_store import TeacherSignal
-    from kdistill.lm.tokenizers import assert_same_tokenizer
-
-    cfg, rc = run.cfg, run.cfg.student.recover
-    assert rc is not None
-    try:
-        assert_same_tokenizer(teacher.tokenizer, run.student_tokenizer)
-    except ValueError as err:
-        raise ValueError(f"student.recover needs the teacher's tokenizer: {err}") from None
-    examples = pack_chunks(
-        teacher.tokenizer,
-        recovery_texts(str(rc.text)),
-        chunk_length=rc.chunk_length,
-        max_tokens=rc.max_tokens,
-        seed=cfg.seed,
-    )
-    tokens = sum(len(e["input_ids"]) for e in examples)
-    log = run.logger.job("capture-text", f"teacher top-{rc.top_k} on text", total=len(examples))
-    start = time.perf_counter()
-    with run.procs.main_process_first():
-        captured = capture_topk(
-            teacher.model,
-            examples,
-            k=rc.top_k,
-            key_inputs=signal_key_inputs(run, teacher),
-            batch_size=cfg.evaluation.batch_size,
-            pad_token_id=teacher.tokenizer.pad_token_id,
-            progress=lambda done, total: log.log({"step": done}),
-            cache_root=run.cache_root,
-        )
-    capture_seconds = time.perf_counter() - start
-    train_cfg = cfg.train.model_copy(
-        update={
-            "epochs": rc.epochs,
-            "lr": rc.lr or cfg.train.lr,
-            "max_length": rc.chunk_length,
-            "eval_every": None,
-        }
-    )
-    global_batch = train_cfg.micro_batch_size * train_cfg.grad_accum * run.procs.num_processes
-    steps = max(1, math.ceil(rc.epochs * len(examples) / global_batch))
-
-    def objective() -> nn.Module:
-        return TokenDistillObjective(
-            student,
-            recovery_objective_config(rc),
-            teacher=CachedTeacher(TeacherSignal(captured.store_dir)),
-            pad_token_id=teacher.tokenizer.pad_token_id,
-            eos_token_id=teacher.tokenizer.eos_token_id,
-            seed=cfg.seed,
-        )
-
-    arm = train_arm(
-        run,
-        "cached",
-        student,
-        teacher,
-        examples,
-        steps,
-        run.run_dir / "student_recovered",
-        captured.store_dir,
-        None,
-        stop_after,
-        job="recover",
-        label=f"recover on text ({rc.divergence}, {tokens:,} tokens)",
-        objective=objective,
-        train_cfg=train_cfg,
-    )
-    run.note(
-        recovery={
-            "text": str(rc.text),
-            "chunks": len(examples),
-            "tokens": tokens,
-            "steps": steps,
-            "signal": str(captured.store_dir),
-            # this session's capture (near 0 when the cache held it) and every session's training
-            "capture_seconds": round(capture_seconds, 3),
-            "train_seconds": arm.train_seconds,
-        }
-    )
-    return arm.model

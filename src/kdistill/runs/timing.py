@@ -23,7 +23,15 @@ import torch
 
 from kdistill.runs.threads import torch_threads
 
-__all__ = ["CpuSample", "MachineLoad", "ModelTiming", "TimingPhase", "cpu_sample", "time_models"]
+__all__ = [
+    "CpuSample",
+    "MachineLoad",
+    "ModelTiming",
+    "TimingPhase",
+    "cpu_sample",
+    "machine_load",
+    "time_models",
+]
 
 PROC_STAT = "/proc/stat"
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal ...; idle and iowait are not busy
@@ -147,7 +155,7 @@ class TimingPhase:
         }
 
 
-def _machine_load(
+def machine_load(
     before: CpuSample,
     after: CpuSample,
     load_average: float | None,
@@ -214,7 +222,7 @@ def time_models(
         while (left := min_window_s - (time.monotonic() - window_start)) > 0:
             time.sleep(left)  # sleep may return a little early: loop until the window is over
         after = sample()
-    load = _machine_load(
+    load = machine_load(
         before,
         after,
         load_average,
