@@ -250,13 +250,19 @@ def tiny_run_teacher(tmp_path_factory):
     return root / "teacher", prompts
 
 
-def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(tmp_path, tiny_run_teacher):
+@pytest.mark.parametrize("text_phase", [False, True], ids=["answers-only", "text-phase-first"])
+def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(
+    tmp_path, tiny_run_teacher, text_phase
+):
     import json
 
     from kdistill.config import parse_config
     from kdistill.lm.recipe import run_lm
 
     teacher, prompts = tiny_run_teacher
+    text = tmp_path / "text.txt"
+    text.write_text("Lists keep their order. Dictionaries map keys to values. Sets hold unique items.\n" * 20)
+    recover = {"recover": {"text": str(text), "chunk_length": 16, "top_k": 4}} if text_phase else {}
     cfg = parse_config(
         {
             "task": "lm",
@@ -265,7 +271,7 @@ def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(tmp_
             "teacher": {"model": str(teacher)},
             "prompts": {"file": str(prompts), "held_out": 3},
             "generation": {"max_new_tokens": 8, "batch_size": 8},
-            "student": {"keep_layers": 2, "calibration_texts": 4},
+            "student": {"keep_layers": 2, "calibration_texts": 4, **recover},
             "train": {"epochs": 1, "micro_batch_size": 3, "grad_accum": 1, "lr": 2e-3, "max_length": 48},
             "distill": {
                 "signal": "online",
@@ -280,13 +286,20 @@ def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(tmp_
     result = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
     draft = result.metrics["draft"]
     assert draft["gammas"] == [2, 4, 8]
+    stages = ["before", "recovered", "after"] if text_phase else ["before", "after"]
+    assert [k.removeprefix("acceptance_") for k in draft if k.startswith("acceptance_")] == stages
     for key in ("2", "4", "8"):
-        for side in ("acceptance_before", "acceptance_after"):
-            record = draft[side][key]
+        for stage in stages:
+            record = draft[f"acceptance_{stage}"][key]
             assert record["identical_to_teacher_greedy"] and len(record["per_prompt"]) == 3
+            assert draft["summary"][key][f"acceptance_{stage}"] == record["acceptance_rate"]
         assert draft["assisted"]["assisted"][key]["identical_to_plain"]
-        assert f"draft acceptance, gamma {key}" in result.metrics["summary"]
-    assert json.loads((result.run_dir / "draft_before.json").read_text()) == draft["acceptance_before"]
+        line = result.metrics["summary"][f"draft acceptance, gamma {key}"]
+        assert line == " -> ".join(f"{draft['summary'][key][f'acceptance_{s}']:.1%}" for s in stages)
+    for stage in stages:  # each stage computed once per run, kept beside the report
+        assert (
+            json.loads((result.run_dir / f"draft_{stage}.json").read_text()) == draft[f"acceptance_{stage}"]
+        )
     assert "draft acceptance, gamma 4" in (result.run_dir / "report.html").read_text()
 
 

@@ -585,8 +585,10 @@ def run_draft_metrics(
     draft: nn.Module,
     eval_rows: Sequence[Mapping[str, Any]],
     before: Mapping[str, Any],
+    recovered: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """metrics["draft"] of a run: acceptance before and after training for each gamma, and the teacher's
+    """metrics["draft"] of a run: acceptance before and after training for each gamma (and `recovered`, after
+    the plain-text phase when the run has one), and the teacher's
     greedy tokens/s alone and with the trained student as assistant_model on the first
     `evaluation.timing_prompts` held-out prompts (batch 1, `timing_rounds` rounds), outputs checked."""
     from kdistill.runs.markers import cached_json
@@ -620,15 +622,16 @@ def run_draft_metrics(
                 f"assisted generation with gamma {key} changed the teacher's greedy output on "
                 f"{entry['mismatched_prompts']} prompts (a floating-point near-tie; the speed is still shown)"
             )
+    stages = {"before": before, **({"recovered": recovered} if recovered is not None else {}), "after": after}
     return {
         "gammas": list(GAMMAS),
-        "acceptance_before": dict(before),
-        "acceptance_after": after,
+        **{f"acceptance_{stage}": dict(table) for stage, table in stages.items()},
         "assisted": assisted,
         "summary": {
             str(g): {
-                "acceptance_before": before[str(g)]["acceptance_rate"],
-                "acceptance_after": after[str(g)]["acceptance_rate"],
+                **{
+                    f"acceptance_{stage}": table[str(g)]["acceptance_rate"] for stage, table in stages.items()
+                },
                 "assisted_tokens_per_s": assisted["assisted"][str(g)]["tokens_per_s"],
                 "speedup": assisted["assisted"][str(g)]["speedup"],
             }
@@ -640,10 +643,12 @@ def run_draft_metrics(
 
 
 def draft_summary_lines(draft: Mapping[str, Any]) -> dict[str, str]:
-    """Report lines (metrics["summary"] entries) for a draft run: acceptance before -> after, speed-up."""
+    """Report lines (metrics["summary"] entries) for a draft run: acceptance before -> (after the text phase
+    ->) after, speed-up."""
     star = " *" if draft["busy"] else ""  # timed on a busy machine
     lines = {}
     for g, s in draft["summary"].items():
-        lines[f"draft acceptance, gamma {g}"] = f"{s['acceptance_before']:.1%} -> {s['acceptance_after']:.1%}"
+        stages = [s["acceptance_before"], s.get("acceptance_recovered"), s["acceptance_after"]]
+        lines[f"draft acceptance, gamma {g}"] = " -> ".join(f"{r:.1%}" for r in stages if r is not None)
         lines[f"assisted speed-up, gamma {g}"] = f"{s['speedup']:.2f}x{star}"
     return lines

@@ -167,12 +167,17 @@ def run_lm(
                     from kdistill.lm.draft import run_acceptance
 
                     draft_before = run_acceptance(run, "before", student, teacher, eval_rows)
+            draft_recovered = None
             if cfg.student.recover is not None:  # every arm starts from the recovered student
                 student = recover_on_text(run, student, teacher, stop_after)
                 if run.main:
                     evals["recovered"] = evaluate_model(
                         run, "student_recovered", "student recovered", student, teacher, eval_rows
                     )
+                    if cfg.distill.draft:  # what the text phase alone did for acceptance
+                        from kdistill.lm.draft import run_acceptance
+
+                        draft_recovered = run_acceptance(run, "recovered", student, teacher, eval_rows)
             examples = training_examples(run, train_rows)
             signal_dir = (
                 teacher_signal(run, teacher, train_rows) if cfg.distill.signal in SIGNAL_STORES else None
@@ -195,7 +200,12 @@ def run_lm(
                 from kdistill.lm.draft import run_draft_metrics
 
                 draft = run_draft_metrics(
-                    run, teacher, arms[cfg.distill.signal].model, eval_rows, draft_before
+                    run,
+                    teacher,
+                    arms[cfg.distill.signal].model,
+                    eval_rows,
+                    draft_before,
+                    recovered=draft_recovered,
                 )
         train = {"answers": len(train_rows), "response_tokens": response_tokens(examples)}
         metrics = lm_metrics(
