@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+from tests.fixtures.tiny_lm import lm_run_config, tiny_llama, train_tokenizer, write_lm_task
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kdistill.config import ConfigError, parse_config
@@ -21,29 +21,18 @@ from kdistill.lm.recipe import run_lm
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("cross")
-    tok = train_tokenizer(512)
-    model = tiny_llama(len(tok), hidden=32, layers=4)
-    model.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text(
-        "".join(
-            json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i} of Python."}) + "\n" for i in range(12)
-        )
-    )
-    return root / "teacher", prompts
+    return write_lm_task(root, prompts=12, layers=4, prompt="Explain topic {i} of Python.")
 
 
 def _config(teacher, prompts, **distill):
-    return {
-        "task": "lm",
-        "name": "tiny-cross",
-        "threads": 1,
-        "teacher": {"model": str(teacher)},
-        "prompts": {"file": str(prompts), "held_out": 3},
-        "generation": {"max_new_tokens": 12, "batch_size": 6},
-        "student": {"keep_layers": 2, "calibration_texts": 4, "new_tokenizer": {"vocab_size": 320}},
-        "train": {
+    return lm_run_config(
+        teacher,
+        prompts,
+        "tiny-cross",
+        held_out=3,
+        generation={"max_new_tokens": 12, "batch_size": 6},
+        student={"keep_layers": 2, "calibration_texts": 4, "new_tokenizer": {"vocab_size": 320}},
+        train={
             "epochs": 2,
             "micro_batch_size": 3,
             "grad_accum": 1,
@@ -51,15 +40,15 @@ def _config(teacher, prompts, **distill):
             "max_length": 48,
             "checkpoint_every": 1,
         },
-        "distill": {
+        distill={
             "signal": "cached",
             "top_k": 6,
             "ce_weight": 1.0,
             "cross_tokenizer": {"loss": "hybrid"},
             **distill,
         },
-        "evaluation": {"batch_size": 4, "max_new_tokens": 6},
-    }
+        evaluation={"batch_size": 4, "max_new_tokens": 6},
+    )
 
 
 def test_cross_tokenizer_run_compares_sft_uld_and_hybrid_per_byte(tmp_path, tiny_teacher):

@@ -13,7 +13,7 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer  # noqa: E402
+from tests.fixtures.tiny_lm import lm_run_config, tiny_llama, train_tokenizer, write_lm_task  # noqa: E402
 
 from kdistill.lm.config import LMDeployConfig, LMEvaluationConfig, LMRunConfig  # noqa: E402
 from kdistill.lm.deploy_eval import DEPLOY_KEYS, deploy_metrics  # noqa: E402
@@ -176,31 +176,25 @@ def test_an_lm_run_reports_every_models_gguf_size_and_llama_cpp_speed(tmp_path, 
     from kdistill.lm.recipe import run_lm
 
     python = _fake_worker(tmp_path, [[100.0, 20.0], [300.0, 40.0], [200.0, 10.0]])
-    tiny_llama(len(tokenizer), hidden=32, layers=4).save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i}."}) + "\n" for i in range(8))
-    )
+    teacher, prompts = write_lm_task(tmp_path, prompts=8, layers=4, tokenizer=tokenizer)
     cfg = parse_config(
-        {
-            "task": "lm",
-            "name": "tiny-deploy",
-            "threads": 1,
-            "teacher": {"model": str(tmp_path / "teacher")},
-            "prompts": {"file": str(prompts), "held_out": 2},
-            "generation": {"max_new_tokens": 6, "batch_size": 8},
-            "student": {"keep_layers": 2, "calibration_texts": 4},
-            "train": {"epochs": 1, "micro_batch_size": 6, "grad_accum": 1, "max_length": 32},
-            "distill": {"signal": "cached", "compare_with_sft": True},
-            "evaluation": {
+        lm_run_config(
+            teacher,
+            prompts,
+            "tiny-deploy",
+            held_out=2,
+            generation={"max_new_tokens": 6, "batch_size": 8},
+            student={"keep_layers": 2, "calibration_texts": 4},
+            train={"epochs": 1, "micro_batch_size": 6, "grad_accum": 1, "max_length": 32},
+            distill={"signal": "cached", "compare_with_sft": True},
+            evaluation={
                 "batch_size": 2,
                 "timing_prompts": 1,
                 "timing_new_tokens": 2,
                 "timing_rounds": 1,
                 "deploy": {"llama_cpp_python": str(python), "new_tokens": 4, "rounds": 3},
             },
-        }
+        )
     )
     run_dir = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache").run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -236,18 +236,10 @@ def test_prompts_alone_need_every_step_on_policy(teacher, plain_tokenizer, rows)
 
 @pytest.fixture(scope="module")
 def tiny_run_teacher(tmp_path_factory):
-    import json
-
-    from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+    from tests.fixtures.tiny_lm import write_lm_task
 
     root = tmp_path_factory.mktemp("draft-run")
-    tok = train_tokenizer(512)
-    tiny_llama(len(tok), hidden=32, layers=6).save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    prompts = root / "prompts.jsonl"
-    lines = [json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i} of Python."}) for i in range(12)]
-    prompts.write_text("\n".join(lines) + "\n")
-    return root / "teacher", prompts
+    return write_lm_task(root, prompts=12, layers=6, prompt="Explain topic {i} of Python.")
 
 
 @pytest.mark.parametrize("text_phase", [False, True], ids=["answers-only", "text-phase-first"])
@@ -255,6 +247,8 @@ def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(
     tmp_path, tiny_run_teacher, text_phase
 ):
     import json
+
+    from tests.fixtures.tiny_lm import lm_run_config
 
     from kdistill.config import parse_config
     from kdistill.lm.recipe import run_lm
@@ -264,24 +258,23 @@ def test_an_lm_run_with_distill_draft_reports_acceptance_and_assisted_speed(
     text.write_text("Lists keep their order. Dictionaries map keys to values. Sets hold unique items.\n" * 20)
     recover = {"recover": {"text": str(text), "chunk_length": 16, "top_k": 4}} if text_phase else {}
     cfg = parse_config(
-        {
-            "task": "lm",
-            "name": "tiny-draft",
-            "threads": 1,
-            "teacher": {"model": str(teacher)},
-            "prompts": {"file": str(prompts), "held_out": 3},
-            "generation": {"max_new_tokens": 8, "batch_size": 8},
-            "student": {"keep_layers": 2, "calibration_texts": 4, **recover},
-            "train": {"epochs": 1, "micro_batch_size": 3, "grad_accum": 1, "lr": 2e-3, "max_length": 48},
-            "distill": {
+        lm_run_config(
+            teacher,
+            prompts,
+            "tiny-draft",
+            held_out=3,
+            generation={"max_new_tokens": 8, "batch_size": 8},
+            student={"keep_layers": 2, "calibration_texts": 4, **recover},
+            train={"epochs": 1, "micro_batch_size": 3, "grad_accum": 1, "lr": 2e-3, "max_length": 48},
+            distill={
                 "signal": "online",
                 "divergence": "tvd",
                 "on_policy_fraction": 1.0,
                 "on_policy_max_new_tokens": 6,
                 "draft": True,
             },
-            "evaluation": {"batch_size": 4, "timing_prompts": 2, "timing_new_tokens": 6, "timing_rounds": 1},
-        }
+            evaluation={"batch_size": 4, "timing_prompts": 2, "timing_new_tokens": 6, "timing_rounds": 1},
+        )
     )
     result = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
     draft = result.metrics["draft"]

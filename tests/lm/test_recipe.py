@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+from tests.fixtures.tiny_lm import lm_run_config, tiny_llama, train_tokenizer, write_lm_task
 from transformers import AutoModelForCausalLM
 
 from kdistill.config import ConfigError, parse_config
@@ -29,30 +29,19 @@ def _files(root: Path) -> dict[str, tuple[bytes, int]]:
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm")
-    tok = train_tokenizer(512)
-    model = tiny_llama(len(tok), hidden=32, layers=6)
-    model.save_pretrained(root / "teacher")
-    tok.save_pretrained(root / "teacher")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text(
-        "".join(
-            json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i} of Python."}) + "\n" for i in range(16)
-        )
-    )
-    return root / "teacher", prompts
+    return write_lm_task(root, prompts=16, layers=6, prompt="Explain topic {i} of Python.")
 
 
 def _config(teacher, prompts, **train):
     return parse_config(
-        {
-            "task": "lm",
-            "name": "tiny-lm",
-            "threads": 1,
-            "teacher": {"model": str(teacher)},
-            "prompts": {"file": str(prompts), "held_out": 4},
-            "generation": {"max_new_tokens": 10, "batch_size": 8},
-            "student": {"keep_layers": 3, "calibration_texts": 4},
-            "train": {
+        lm_run_config(
+            teacher,
+            prompts,
+            "tiny-lm",
+            held_out=4,
+            generation={"max_new_tokens": 10, "batch_size": 8},
+            student={"keep_layers": 3, "calibration_texts": 4},
+            train={
                 "epochs": 3,
                 "micro_batch_size": 4,
                 "grad_accum": 1,
@@ -61,8 +50,8 @@ def _config(teacher, prompts, **train):
                 "checkpoint_every": 2,
                 **train,
             },
-            "evaluation": {"batch_size": 4},
-        }
+            evaluation={"batch_size": 4},
+        )
     )
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+from tests.fixtures.tiny_lm import lm_run_config, tiny_llama, train_tokenizer, write_lm_task
 from transformers import AutoModelForCausalLM
 
 from kdistill.config import ConfigError, parse_config
@@ -117,16 +117,10 @@ def test_config_rules():
 
 
 def _setup(tmp_path, tokenizer):
-    teacher = tmp_path / "teacher"
     model = tiny_llama(len(tokenizer), hidden=32, layers=4)
     with torch.no_grad():  # peaked next-token distributions: a random head gives nearly uniform ones
         model.lm_head.weight.mul_(30.0)
-    model.save_pretrained(teacher)
-    tokenizer.save_pretrained(teacher)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i}."}) + "\n" for i in range(8))
-    )
+    teacher, prompts = write_lm_task(tmp_path, prompts=8, tokenizer=tokenizer, model=model)
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS * 6)))
     return teacher, prompts, text
@@ -134,19 +128,18 @@ def _setup(tmp_path, tokenizer):
 
 def _config(teacher, prompts, text, **distill):
     return parse_config(
-        {
-            "task": "lm",
-            "name": "tiny-recover",
-            "threads": 1,
-            "teacher": {"model": str(teacher)},
-            "prompts": {"file": str(prompts), "held_out": 2},
-            "generation": {"max_new_tokens": 6, "batch_size": 8},
-            "student": {
+        lm_run_config(
+            teacher,
+            prompts,
+            "tiny-recover",
+            held_out=2,
+            generation={"max_new_tokens": 6, "batch_size": 8},
+            student={
                 "keep_layers": 2,
                 "calibration_texts": 4,
                 "recover": {"text": str(text), "chunk_length": 24, "top_k": 8, "epochs": 3, "lr": 0.003},
             },
-            "train": {
+            train={
                 "epochs": 1,
                 "micro_batch_size": 2,
                 "grad_accum": 1,
@@ -154,9 +147,9 @@ def _config(teacher, prompts, text, **distill):
                 "warmup_steps": 0,
                 "checkpoint_every": 1,
             },
-            "distill": distill,
-            "evaluation": {"batch_size": 2, "timing_prompts": 1, "timing_new_tokens": 2, "timing_rounds": 1},
-        }
+            distill=distill,
+            evaluation={"batch_size": 2, "timing_prompts": 1, "timing_new_tokens": 2, "timing_rounds": 1},
+        )
     )
 
 

@@ -384,35 +384,28 @@ def test_calibrated_pruning_with_a_budget_reports_what_it_kept(tokenizer, tiny_m
     ],
 )
 def test_lm_run_prunes_depth_then_width_and_saves_a_loadable_student(tmp_path, keep_layers, width):
-    from tests.fixtures.tiny_lm import tiny_llama, train_tokenizer
+    from tests.fixtures.tiny_lm import lm_run_config, write_lm_task
 
     from kdistill.lm.recipe import run_lm
 
-    tok = train_tokenizer(512)
-    tiny_llama(len(tok), hidden=32, layers=4).save_pretrained(tmp_path / "teacher")
-    tok.save_pretrained(tmp_path / "teacher")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"id": f"p{i}", "prompt": f"Explain topic {i}."}) + "\n" for i in range(8))
-    )
+    teacher, prompts = write_lm_task(tmp_path, prompts=8, layers=4)
     cfg = parse_config(
-        {
-            "task": "lm",
-            "name": "tiny-width",
-            "threads": 1,
-            "teacher": {"model": str(tmp_path / "teacher")},
-            "prompts": {"file": str(prompts), "held_out": 2},
-            "generation": {"max_new_tokens": 6, "batch_size": 8},
-            "student": {"keep_layers": keep_layers, "calibration_texts": 4, "width": width},
-            "train": {
+        lm_run_config(
+            teacher,
+            prompts,
+            "tiny-width",
+            held_out=2,
+            generation={"max_new_tokens": 6, "batch_size": 8},
+            student={"keep_layers": keep_layers, "calibration_texts": 4, "width": width},
+            train={
                 "epochs": 1,
                 "micro_batch_size": 6,
                 "grad_accum": 1,
                 "max_length": 32,
                 "warmup_steps": 0,
             },
-            "evaluation": {"batch_size": 2, "timing_prompts": 1, "timing_new_tokens": 2, "timing_rounds": 1},
-        }
+            evaluation={"batch_size": 2, "timing_prompts": 1, "timing_new_tokens": 2, "timing_rounds": 1},
+        )
     )
     result = run_lm(cfg, runs_dir=tmp_path / "runs", cache_root=tmp_path / "cache")
     pruning = json.loads((result.run_dir / "manifest.json").read_text())["pruning"]
