@@ -32,6 +32,17 @@ def fake_interpreter(folder: Path, body: str) -> Path:
     return python
 
 
+def spec_recording_worker(folder: Path, answer: str) -> tuple[Path, Path]:
+    """A fake worker that answers the probe, saves the spec it was given to the returned file (read it back to
+    see what llama_cpp_speeds asked for), then runs `answer` (where `spec` is that spec)."""
+    seen = folder / "spec_seen.json"
+    body = f"""
+spec = json.loads(open(args[0]).read())
+open({str(seen)!r}, "w").write(json.dumps(spec))
+"""
+    return fake_interpreter(folder, PROBE_ANSWER + body + textwrap.dedent(answer)), seen
+
+
 def test_no_llama_cpp_here_gives_none_and_a_reason(tmp_path, monkeypatch):
     broken = fake_interpreter(tmp_path, "raise ModuleNotFoundError(\"No module named 'llama_cpp'\")\n")
     monkeypatch.setattr(sys, "executable", str(broken))  # "this interpreter" lacks llama_cpp
@@ -64,13 +75,9 @@ ROUNDS = {
 
 
 def test_spec_and_answer_protocol_with_planted_numbers(tmp_path):
-    got_spec = tmp_path / "spec_seen.json"
-    python = fake_interpreter(
+    python, got_spec = spec_recording_worker(
         tmp_path,
-        PROBE_ANSWER
-        + f"""
-spec = json.loads(open(args[0]).read())
-open({str(got_spec)!r}, "w").write(json.dumps(spec))
+        f"""
 rounds = {ROUNDS!r}
 print("some llama.cpp chatter")
 print(json.dumps({{"llama_cpp_python": "9.9.9-fake",
@@ -112,14 +119,10 @@ print(json.dumps({{"llama_cpp_python": "9.9.9-fake",
 
 
 def test_text_prompts_get_the_default_context(tmp_path):
-    got_spec = tmp_path / "spec_seen.json"
-    python = fake_interpreter(
+    python, got_spec = spec_recording_worker(
         tmp_path,
-        PROBE_ANSWER
-        + f"""
-spec = json.loads(open(args[0]).read())
-open({str(got_spec)!r}, "w").write(json.dumps(spec))
-print(json.dumps({{"models": {{n: {{"prompt_tokens": 1, "rounds": [[1.0, 2.0]]}} for n in spec["models"]}}}}))
+        """
+print(json.dumps({"models": {n: {"prompt_tokens": 1, "rounds": [[1.0, 2.0]]} for n in spec["models"]}}))
 """,
     )
     out = llama_cpp_speeds(
