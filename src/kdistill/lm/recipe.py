@@ -737,8 +737,8 @@ def signal_key_inputs(run: LMRun, teacher: Teacher) -> dict[str, Any]:
 
 
 def recover_on_text(run: LMRun, student: nn.Module, teacher: Teacher, stop_after: int | None) -> nn.Module:
-    """The student after the text phase (`student.recover`, kdistill.lm.recover) (trained in place, or loaded when `jobs/recover` is done); the
-    phase's size and cost are noted in the manifest under `recovery`."""
+    """The student after the text phase (`student.recover`; text and packing in kdistill.lm.recover): trained in
+    place, or loaded when `jobs/recover` is done. The phase's size and cost go to the manifest's `recovery`."""
     from kdistill.lm.capture import capture_topk
     from kdistill.lm.objectives import CachedTeacher, TokenDistillObjective
     from kdistill.lm.recover import pack_chunks, recovery_objective_config, recovery_texts
